@@ -1,0 +1,38 @@
+# Two commands set up a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CORES ?= 2
+# torch is pinned here (the build this machine carries; an open range would pull several GB of
+# CUDA wheels); the package itself only asks for a range.
+TORCH := torch==2.13.0
+
+.PHONY: install run test test-fast bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -m pip install -e ".[test,bench,cluster]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
+
+test: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow and not slurm"
+
+bench: $(STAMP)
+	for script in benchmarks/*.py; do PATH="$(BIN):$$PATH" $(BIN)/python $$script || exit 1; done
+
+lint: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/snakemake --lint
+
+clean:
+	rm -rf results .snakemake report.html

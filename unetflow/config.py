@@ -1,0 +1,101 @@
+"""Configuration: one JSON schema, defaults filled the same way for Snakemake and the CLI.
+
+The schema (``workflow/schemas/config.schema.yaml``, shipped in the package as
+``unetflow/schemas/config.schema.yaml``) is the only place defaults live. Snakemake validates the
+whole config at start with ``snakemake.utils.validate``; each CLI stage receives only its slice
+(``--settings '<json>'``) and fills that slice's defaults from the same schema, so a stage run by
+hand behaves exactly like the rule.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_RESOURCE = ("unetflow", "schemas/config.schema.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, misspelt or of the wrong type."""
+
+
+def load_schema() -> dict[str, Any]:
+    """Return the configuration schema shipped with the package."""
+    text = resources.files(SCHEMA_RESOURCE[0]).joinpath(SCHEMA_RESOURCE[1]).read_text()
+    return yaml.safe_load(text)
+
+
+def fill_defaults(instance: Any, schema: dict[str, Any]) -> Any:
+    """Recursively insert schema defaults for missing object properties."""
+    if not isinstance(instance, dict) or schema.get("type") != "object":
+        if isinstance(instance, list) and isinstance(schema.get("items"), dict):
+            return [fill_defaults(item, schema["items"]) for item in instance]
+        return instance
+    filled = dict(instance)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in filled and "default" in sub:
+            filled[key] = json.loads(json.dumps(sub["default"]))
+        if key in filled:
+            filled[key] = fill_defaults(filled[key], sub)
+    return filled
+
+
+def validate_section(instance: Any, schema: dict[str, Any], where: str) -> None:
+    """Raise ConfigError listing every violation, each named by its dotted key path."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+            lines.append(f"  {where}{'.' if where and key != '<top level>' else ''}{key}: {err.message}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate a whole config and return a copy with every default filled in."""
+    schema = load_schema()
+    validate_section(config, schema, "")
+    filled = fill_defaults(config, schema)
+    validate_section(filled, schema, "")
+    return filled
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file, validate it and fill defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, found {type(data).__name__}")
+    return validate_config(data)
+
+
+def stage_settings(section: str, settings_json: str | None = None, config_path: str | None = None) -> dict[str, Any]:
+    """Return one config section with defaults, from a JSON string or a config file.
+
+    ``settings_json`` is what a Snakemake rule passes (its ``params``); ``config_path`` lets a user
+    run a stage by hand against their config file. With neither, the schema defaults are used.
+    """
+    schema = load_schema()
+    if section not in schema["properties"]:
+        raise ConfigError(f"unknown config section {section!r}")
+    sub = schema["properties"][section]
+    if settings_json is not None:
+        try:
+            value = json.loads(settings_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--settings is not valid JSON: {exc}") from exc
+    elif config_path is not None:
+        value = load_config(config_path).get(section, sub.get("default"))
+    else:
+        value = json.loads(json.dumps(sub.get("default", {})))
+    validate_section(value, sub, section)
+    return fill_defaults(value, sub)

@@ -1,0 +1,42 @@
+# ingest: raw files (or the synthetic generator) -> normalised zarr stores with provenance.
+
+
+rule ingest_dataset:
+    output:
+        directory(data_store()),
+    params:
+        settings=settings("dataset"),
+    log:
+        log_path("ingest_dataset"),
+    conda:
+        "../../envs/ingest.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "unetflow ingest dataset {output} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule ingest_slide:
+    output:
+        directory(slide_store()),
+    params:
+        settings=lambda wc: json.dumps(
+            {
+                "slide": slide_config(wc.slide),
+                "channels": config["dataset"]["channels"],
+                "rgb_rule": config["dataset"]["rgb_rule"],
+            },
+            sort_keys=True,
+        ),
+    log:
+        log_path("ingest_slide_{slide}"),
+    conda:
+        "../../envs/ingest.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "unetflow ingest slide {output} --settings {params.settings:q} > {log} 2>&1"
