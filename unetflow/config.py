@@ -99,3 +99,29 @@ def stage_settings(section: str, settings_json: str | None = None, config_path: 
         value = json.loads(json.dumps(sub.get("default", {})))
     validate_section(value, sub, section)
     return fill_defaults(value, sub)
+
+
+def _markdown_rows(schema: dict[str, Any], prefix: str) -> list[str]:
+    rows = []
+    for key, sub in schema.get("properties", {}).items():
+        name = f"{prefix}{key}"
+        if sub.get("type") == "object" and "properties" in sub:
+            rows.extend(_markdown_rows(sub, f"{name}."))
+            continue
+        if sub.get("type") == "array" and isinstance(sub.get("items"), dict) and "properties" in sub["items"]:
+            rows.append(f"| `{name}` | list | see `{name}[].*` | {' '.join(str(sub.get('description', '')).split())} |")
+            rows.extend(_markdown_rows(sub["items"], f"{name}[]."))
+            continue
+        kind = sub.get("type", "")
+        kind = " or ".join(kind) if isinstance(kind, list) else kind
+        if "enum" in sub:
+            kind = " \\| ".join(f"`{v}`" for v in sub["enum"])
+        default = f"`{json.dumps(sub['default'])}`" if "default" in sub else "required"
+        rows.append(f"| `{name}` | {kind} | {default} | {' '.join(str(sub.get('description', '')).split())} |")
+    return rows
+
+
+def schema_markdown() -> str:
+    """The configuration reference (config/README.md's table), generated from the schema."""
+    header = "| key | type | default | meaning |\n|---|---|---|---|\n"
+    return header + "\n".join(_markdown_rows(load_schema(), "")) + "\n"

@@ -7,6 +7,7 @@ memory is only ever touched chunk by chunk.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,11 @@ def read_tiff_stack(settings: dict[str, Any]) -> list[Sample]:
     ]
 
 
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders "2" before "10" (slice numbers are rarely zero-padded)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def _files_by_stem(root: Path, pattern: str) -> dict[str, Path]:
     return {p.stem: p for p in sorted(root.glob(pattern)) if p.is_file()}
 
@@ -94,7 +100,7 @@ def read_pairs(settings: dict[str, Any]) -> list[Sample]:
         )
     return [
         _sample(stem, read_file(images[stem]), read_file(labels[stem]), settings, images[stem], labels[stem])
-        for stem in sorted(images)
+        for stem in sorted(images, key=natural_key)
     ]
 
 

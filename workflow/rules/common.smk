@@ -6,6 +6,10 @@ RESULTS = config["results"]
 DATASET = config["dataset"]["name"]
 RUN = config["run"]
 SLIDES = [slide["name"] for slide in config["slides"]]
+# How rules call the package: `python -m unetflow` with the checkout on PYTHONPATH works both in
+# the project venv (where unetflow is installed) and in the per-rule conda environments (which
+# carry the dependencies only), without putting any path into params.
+UNETFLOW = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} python -m unetflow"
 
 
 def settings(section):

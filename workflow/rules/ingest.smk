@@ -15,7 +15,7 @@ rule ingest_dataset:
         mem_mb=4000,
         runtime=30,
     shell:
-        "unetflow ingest dataset {output} --settings {params.settings:q} > {log} 2>&1"
+        "{UNETFLOW} ingest dataset {output} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule ingest_slide:
@@ -39,4 +39,4 @@ rule ingest_slide:
         mem_mb=4000,
         runtime=120,
     shell:
-        "unetflow ingest slide {output} --settings {params.settings:q} > {log} 2>&1"
+        "{UNETFLOW} ingest slide {output} --settings {params.settings:q} > {log} 2>&1"

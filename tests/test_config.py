@@ -1,0 +1,56 @@
+"""The schema is the one source of defaults; errors name the key; docs stay in sync."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unetflow.config import ConfigError, load_config, schema_markdown, stage_settings, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_fill_every_section():
+    config = validate_config({})
+    assert config["weights"]["w0"] == 10.0 and config["weights"]["sigma"] == 5.0
+    assert config["model"]["padding"] == "valid"
+    assert config["slides"][0]["format"] == "synthetic"
+
+
+@pytest.mark.parametrize(
+    "config, key",
+    [({"train": {"stpes": 5}}, "stpes"), ({"train": {"steps": "many"}}, "train.steps"), ({"modle": {}}, "modle")],
+)
+def test_errors_name_the_key(config, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(config)
+
+
+def test_stage_settings_from_json_and_file(tmp_path):
+    assert stage_settings("weights", '{"w0": 5}')["sigma"] == 5.0
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"weights": {"sigma": 3}}))
+    assert stage_settings("weights", config_path=str(path))["sigma"] == 3
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        stage_settings("weights", "{w0: 5")
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "isbi2012.yaml", "dsb2018.yaml"])
+def test_shipped_configs_are_valid(name):
+    path = ROOT / "config" / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing")
+    load_config(path)
+
+
+def test_config_readme_matches_schema():
+    readme = (ROOT / "config" / "README.md").read_text()
+    assert schema_markdown() in readme, "regenerate config/README.md's table from the schema"
+
+
+def test_snakemake_validation_names_the_key():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    with pytest.raises(WorkflowError, match="stpes"):
+        validate({"train": {"stpes": 1}}, str(ROOT / "workflow/schemas/config.schema.yaml"), set_default=True)
