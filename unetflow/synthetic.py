@@ -68,15 +68,23 @@ def _grid_seeds(
     return pos, ids, np.stack([keep >= missing, shade], axis=-1)
 
 
-def _smooth_field(seed: int, yy: np.ndarray, xx: np.ndarray, wavelength: float) -> np.ndarray:
-    """A smooth random field in [-1, 1] defined at any coordinate (a sum of random plane waves)."""
-    rng = np.random.default_rng([seed, 7919])
-    out = np.zeros(np.broadcast(yy, xx).shape)
+def _smooth_field(seed: int, ys: np.ndarray, xs: np.ndarray, wavelength: float) -> np.ndarray:
+    """A smooth random field in [-1, 1] on the grid ``ys`` x ``xs`` (a sum of random plane waves).
+
+    Defined at any coordinate, so separately rendered regions agree. Each wave is evaluated
+    separably, sin(a + b) = sin a cos b + cos a sin b, with a depending on y only and b on x only:
+    two outer products instead of a sine per pixel.
+    """
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, 7919])
+    out = np.zeros((ys.size, xs.size))
     for _ in range(_WAVES):
         angle = rng.uniform(0, 2 * math.pi)
         freq = 2 * math.pi / (wavelength * rng.uniform(0.6, 1.4))
         phase = rng.uniform(0, 2 * math.pi)
-        out += np.sin(freq * (yy * math.sin(angle) + xx * math.cos(angle)) + phase)
+        a = freq * math.sin(angle) * ys + phase
+        b = freq * math.cos(angle) * xs
+        out += np.outer(np.sin(a), np.cos(b))
+        out += np.outer(np.cos(a), np.sin(b))
     return out / _WAVES
 
 
@@ -92,10 +100,9 @@ def render_region(
     spacing = 2.0 * style.cell_radius
     ys = np.arange(y0 - halo, y0 + height + halo, dtype=np.float64)
     xs = np.arange(x0 - halo, x0 + width + halo, dtype=np.float64)
-    yy, xx = np.meshgrid(ys, xs, indexing="ij")
     warp = 0.5 * style.cell_radius
-    wy = yy + warp * _smooth_field(seed + 1, yy, xx, 3 * spacing)
-    wx = xx + warp * _smooth_field(seed + 2, yy, xx, 3 * spacing)
+    wy = ys[:, None] + warp * _smooth_field(seed + 1, ys, xs, 3 * spacing)
+    wx = xs[None, :] + warp * _smooth_field(seed + 2, ys, xs, 3 * spacing)
 
     reach = warp + 2 * spacing
     gy, gx = np.meshgrid(
@@ -105,7 +112,7 @@ def render_region(
     )
     pos, ids, props = _grid_seeds(seed, spacing, gy.ravel(), gx.ravel(), style.missing_fraction)
     _, nearest = cKDTree(pos).query(np.stack([wy.ravel(), wx.ravel()], axis=-1), workers=-1)
-    cell = nearest.reshape(yy.shape)
+    cell = nearest.reshape(wy.shape)
 
     size = max(1, int(round(style.membrane_width)))
     membrane = ndimage.maximum_filter(cell, size=size + 1) != ndimage.minimum_filter(cell, size=size + 1)
@@ -113,11 +120,11 @@ def render_region(
     labels = np.where(exists & ~membrane, ids[cell], 0)
 
     shade = props[cell, 1]
-    texture = 0.06 * _smooth_field(seed + 3, yy, xx, 0.5 * style.cell_radius)
+    texture = 0.06 * _smooth_field(seed + 3, ys, xs, 0.5 * style.cell_radius)
     image = np.where(exists, 0.35 + 0.2 * shade + texture, 0.18)
     image = np.where(membrane, 0.95, image)
     image = ndimage.gaussian_filter(image, sigma=0.8)
-    illumination = 0.75 + 0.25 * _smooth_field(seed + 4, yy, xx, 40 * spacing)
+    illumination = 0.75 + 0.25 * _smooth_field(seed + 4, ys, xs, 40 * spacing)
     image = image * illumination
     rng = np.random.default_rng([seed & 0xFFFFFFFF, y0 + 2**31, x0 + 2**31, 104729])
     image = image + rng.normal(0.0, style.noise, size=image.shape)
