@@ -208,3 +208,10 @@ def test_real_dsb2018(dsb_dir, tmp_path):
     assert len(meta["names"]) == 40 and len(meta["split"]["val"]) == 8
     total = sum(int(group[f"labels/{n}"][:].max()) for n in meta["names"])
     assert total == 2412  # every nucleus mask kept as its own instance
+
+
+def test_overview_figure_is_written(tmp_path):
+    out, png = tmp_path / "data.zarr", tmp_path / "plots" / "dataset.png"
+    settings = json.dumps({"synthetic": {"n_images": 3, "size": 64}})
+    assert main(["ingest", "dataset", str(out), "--settings", settings, "--preview", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -68,14 +68,14 @@ def _grid_seeds(
     return pos, ids, np.stack([keep >= missing, shade], axis=-1)
 
 
-def _smooth_field(seed: int, ys: np.ndarray, xs: np.ndarray, wavelength: float) -> np.ndarray:
+def _smooth_field(seed: int, stream: int, ys: np.ndarray, xs: np.ndarray, wavelength: float) -> np.ndarray:
     """A smooth random field in [-1, 1] on the grid ``ys`` x ``xs`` (a sum of random plane waves).
 
     Defined at any coordinate, so separately rendered regions agree. Each wave is evaluated
     separably, sin(a + b) = sin a cos b + cos a sin b, with a depending on y only and b on x only:
     two outer products instead of a sine per pixel.
     """
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, 7919])
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, stream])  # independent field per stream
     out = np.zeros((ys.size, xs.size))
     for _ in range(_WAVES):
         angle = rng.uniform(0, 2 * math.pi)
@@ -101,8 +101,8 @@ def render_region(
     ys = np.arange(y0 - halo, y0 + height + halo, dtype=np.float64)
     xs = np.arange(x0 - halo, x0 + width + halo, dtype=np.float64)
     warp = 0.5 * style.cell_radius
-    wy = ys[:, None] + warp * _smooth_field(seed + 1, ys, xs, 3 * spacing)
-    wx = xs[None, :] + warp * _smooth_field(seed + 2, ys, xs, 3 * spacing)
+    wy = ys[:, None] + warp * _smooth_field(seed, 1, ys, xs, 3 * spacing)
+    wx = xs[None, :] + warp * _smooth_field(seed, 2, ys, xs, 3 * spacing)
 
     reach = warp + 2 * spacing
     gy, gx = np.meshgrid(
@@ -120,11 +120,11 @@ def render_region(
     labels = np.where(exists & ~membrane, ids[cell], 0)
 
     shade = props[cell, 1]
-    texture = 0.06 * _smooth_field(seed + 3, ys, xs, 0.5 * style.cell_radius)
+    texture = 0.06 * _smooth_field(seed, 3, ys, xs, 0.5 * style.cell_radius)
     image = np.where(exists, 0.35 + 0.2 * shade + texture, 0.18)
     image = np.where(membrane, 0.95, image)
     image = ndimage.gaussian_filter(image, sigma=0.8)
-    illumination = 0.75 + 0.25 * _smooth_field(seed + 4, ys, xs, 40 * spacing)
+    illumination = 0.75 + 0.25 * _smooth_field(seed, 4, ys, xs, 40 * spacing)
     image = image * illumination
     rng = np.random.default_rng([seed & 0xFFFFFFFF, y0 + 2**31, x0 + 2**31, 104729])
     image = image + rng.normal(0.0, style.noise, size=image.shape)

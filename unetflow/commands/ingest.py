@@ -46,7 +46,12 @@ def run(args: argparse.Namespace) -> None:
     from unetflow.ingest import ingest_dataset, ingest_slide
 
     if args.kind == "dataset":
-        ingest_dataset(settings_from_args(args, "dataset"), args.out)
+        out = ingest_dataset(settings_from_args(args, "dataset"), args.out)
+        if args.preview:
+            from unetflow.plots.dataset import plot_dataset_overview
+            from unetflow.store import open_store
+
+            plot_dataset_overview(open_store(out, "dataset"), args.preview)
     else:
         given = _slide_settings(args)
         ingest_slide(given["slide"], given["channels"], given["rgb_rule"], args.out)
@@ -61,5 +66,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("kind", choices=["dataset", "slide"], help="a labelled dataset or one unlabelled slide")
     parser.add_argument("out", help="output zarr store (written atomically)")
     parser.add_argument("--name", help="slide name in the --config file's slides list (kind slide only)")
+    parser.add_argument("--preview", metavar="PNG", help="also write the dataset overview figure (kind dataset only)")
     add_settings_arguments(parser, "dataset")
     parser.set_defaults(func=run)

@@ -3,7 +3,13 @@
 
 rule ingest_dataset:
     output:
-        directory(data_store()),
+        store=directory(data_store()),
+        plot=report(
+            f"{RESULTS}/{DATASET}/plots/dataset.png",
+            caption="../report/dataset.rst",
+            category="Data",
+            subcategory="Dataset overview",
+        ),
     params:
         settings=settings("dataset"),
     log:
@@ -15,7 +21,7 @@ rule ingest_dataset:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{UNETFLOW} ingest dataset {output} --settings {params.settings:q} > {log} 2>&1"
+        "{UNETFLOW} ingest dataset {output.store:q} --preview {output.plot:q} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule ingest_slide:
@@ -39,4 +45,4 @@ rule ingest_slide:
         mem_mb=4000,
         runtime=120,
     shell:
-        "{UNETFLOW} ingest slide {output} --settings {params.settings:q} > {log} 2>&1"
+        "{UNETFLOW} ingest slide {output:q} --settings {params.settings:q} > {log} 2>&1"

@@ -1,0 +1,1 @@
+"""Matplotlib figures for the Snakemake report, one module per stage."""

@@ -1,0 +1,42 @@
+"""Pieces every report figure shares: how an image and a label image are shown, and saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from unetflow.store import atomic_output  # noqa: E402
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """A (C, Y, X) image as float RGB (Y, X, 3) in [0, 1]: channels 0-2 as RGB when there are
+    three, else channel 0 as grey; stretched between the 1st and 99th percentile so that stored
+    (z-scored) images look like the microscope's."""
+    image = np.asarray(image, dtype=np.float32)
+    shown = np.moveaxis(image[:3], 0, -1) if image.shape[0] == 3 else np.repeat(image[0][..., None], 3, axis=-1)
+    lo, hi = np.percentile(shown, [1, 99])
+    return np.clip((shown - lo) / max(float(hi - lo), 1e-12), 0.0, 1.0)
+
+
+def label_colours(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """RGB image with a random colour per object (neighbours rarely share one), black background."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    palette = np.random.default_rng(seed).uniform(0.25, 1.0, size=(ids.size, 3))
+    palette[ids == 0] = 0.0
+    return palette[inverse.reshape(labels.shape)]
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Save ``fig`` as PNG atomically (a report never picks up half a file) and close it."""
+    try:
+        fig.tight_layout()
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)
