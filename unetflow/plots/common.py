@@ -15,12 +15,13 @@ from unetflow.store import atomic_output  # noqa: E402
 
 def display_image(image: np.ndarray) -> np.ndarray:
     """A (C, Y, X) image as float RGB (Y, X, 3) in [0, 1]: channels 0-2 as RGB when there are
-    three, else channel 0 as grey; stretched between the 1st and 99th percentile so that stored
-    (z-scored) images look like the microscope's."""
+    three, else channel 0 as grey, each stretched between its 1st and 99th percentile so that
+    stored (z-scored) images look like the microscope's."""
     image = np.asarray(image, dtype=np.float32)
-    shown = np.moveaxis(image[:3], 0, -1) if image.shape[0] == 3 else np.repeat(image[0][..., None], 3, axis=-1)
-    lo, hi = np.percentile(shown, [1, 99])
-    return np.clip((shown - lo) / max(float(hi - lo), 1e-12), 0.0, 1.0)
+    channels = image[:3] if image.shape[0] == 3 else image[:1]
+    lo, hi = np.percentile(channels, [1, 99], axis=(1, 2), keepdims=True)
+    stretched = np.clip((channels - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
+    return np.repeat(stretched, 3 // stretched.shape[0], axis=0).transpose(1, 2, 0)
 
 
 def label_colours(labels: np.ndarray, seed: int = 0) -> np.ndarray:

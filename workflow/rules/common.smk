@@ -1,20 +1,26 @@
 # Paths of every store and folder the rules exchange, and small helpers. Rule files use these
 # functions instead of spelling paths, so the layout is defined once.
 import json
+import os
 
 RESULTS = config["results"]
 DATASET = config["dataset"]["name"]
 RUN = config["run"]
 SLIDES = [slide["name"] for slide in config["slides"]]
-# How rules call the package: `python -m unetflow` with the checkout on PYTHONPATH works both in
-# the project venv (where unetflow is installed) and in the per-rule conda environments (which
-# carry the dependencies only), without putting any path into params.
-UNETFLOW = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} python -m unetflow"
+# Jobs call `python -m unetflow`. Putting the checkout on PYTHONPATH makes that work both in the
+# project venv (where unetflow is installed) and in the per-stage conda environments (which carry
+# the dependencies only), without a path in any params (a moved checkout must not rerun jobs).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
 
-def settings(section):
-    """The config section a rule passes to its CLI: JSON, sorted so it is stable across runs."""
-    return json.dumps(config[section], sort_keys=True)
+def settings(*sections):
+    """Config section(s) handed to a stage's CLI as JSON, sorted so the text is stable across runs.
+
+    One section gives that section; several give an object keyed by section name.
+    """
+    if len(sections) == 1:
+        return json.dumps(config[sections[0]], sort_keys=True)
+    return json.dumps({name: config[name] for name in sections}, sort_keys=True)
 
 
 def slide_config(name):

@@ -21,7 +21,7 @@ rule ingest_dataset:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{UNETFLOW} ingest dataset {output.store:q} --preview {output.plot:q} --settings {params.settings:q} > {log} 2>&1"
+        "python -m unetflow ingest dataset {output.store:q} --preview {output.plot:q} --settings {params.settings:q} > {log} 2>&1"
 
 
 rule ingest_slide:
@@ -45,4 +45,4 @@ rule ingest_slide:
         mem_mb=4000,
         runtime=120,
     shell:
-        "{UNETFLOW} ingest slide {output:q} --settings {params.settings:q} > {log} 2>&1"
+        "python -m unetflow ingest slide {output:q} --settings {params.settings:q} > {log} 2>&1"

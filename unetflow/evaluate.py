@@ -1,0 +1,190 @@
+"""Score the predictions of a labelled split against its ground truth.
+
+For every image of the split (``val`` by default) the prediction ``<pred_dir>/<name>.ome.zarr``
+is turned into objects -- the predictor's connected components, or a watershed of its
+foreground probability (``evaluate.postprocess``) -- small objects are dropped, and every
+metric of :mod:`unetflow.metrics` is computed against ``labels/<name>`` of the data store.
+
+The output folder (written atomically, with the optional report figures)::
+
+    per_image.csv   one row per image: scalar metrics and <metric>@<IoU threshold> columns
+    summary.json    means over images, their std, per-threshold curves (mean and pooled), the
+                    post-processing used, the thresholds and the inputs
+    overlays/       <name>.png for the first ``overlays`` images: the image with ground-truth
+                    contours (green), predicted contours (magenta), yellow where they agree
+
+Every prediction is checked to exist before any work starts, so a missing one fails at once,
+names the file and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from unetflow import postprocess
+from unetflow.io.errors import InputError
+from unetflow.io.ome_zarr import open_ome_image
+from unetflow.metrics import count_scores, evaluate_segmentation, threshold_key
+from unetflow.plots.evaluation import overlay_rgb, plot_metrics, plot_overlays, save_rgb
+from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta
+
+log = logging.getLogger(__name__)
+
+PREDICTION_SUFFIX = ".ome.zarr"
+SCALAR_METRICS = (
+    "pixel_error",
+    "fg_iou",
+    "fg_dice",
+    "rand_error",
+    "rand_precision",
+    "rand_recall",
+    "vi_split",
+    "vi_merge",
+    "seg",
+    "mean_ap",
+)
+CURVE_METRICS = ("precision", "recall", "f1", "ap", "pq")
+
+
+def prediction_paths(pred_dir: str | Path, names: Sequence[str], split: str) -> list[Path]:
+    """``<pred_dir>/<name>.ome.zarr`` of every image, after checking that all of them exist."""
+    pred_dir = Path(pred_dir)
+    expected = f"one <name>{PREDICTION_SUFFIX} per image of the {split!r} split, as `unetflow predict` writes"
+    if not pred_dir.is_dir():
+        raise InputError(pred_dir, "prediction folder does not exist", expected)
+    paths = [pred_dir / f"{name}{PREDICTION_SUFFIX}" for name in names]
+    missing = [path for path in paths if not path.exists()]
+    if missing:
+        first = missing[0].name[: -len(PREDICTION_SUFFIX)]
+        more = f" (and {len(missing) - 1} more: {', '.join(p.name for p in missing[1:4])})" if len(missing) > 1 else ""
+        raise InputError(missing[0], f"missing prediction for image {first!r}{more}", expected)
+    return paths
+
+
+def postprocess_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """How objects were formed, as recorded in summary.json and shown in the report."""
+    described = {"method": settings["postprocess"], "min_size": settings["min_size"]}
+    if settings["postprocess"] == "watershed":
+        described["watershed"] = dict(settings["watershed"])
+    return described
+
+
+def predicted_instances(path: Path, name: str, shape: tuple[int, ...], settings: dict[str, Any]) -> np.ndarray:
+    """The objects of prediction ``path`` of image ``name`` after the configured post-processing."""
+    try:
+        image = open_ome_image(path)
+        instances = image.label("instances").levels[0]
+    except StoreError as exc:
+        raise InputError(path, f"not a readable prediction ({exc})", "an OME-Zarr image written by `unetflow predict`") from exc
+    source = image.attrs.get("image")
+    if source is not None and source != name:
+        raise InputError(path, f"is the prediction of image {source!r}, not of {name!r}", f"the prediction of {name!r}")
+    if tuple(instances.shape) != tuple(shape):
+        problem = f"prediction is {tuple(instances.shape)} but the ground truth of {name!r} is {tuple(shape)}"
+        raise InputError(path, problem, "the same (Y, X) size")
+    if settings["postprocess"] == "watershed":
+        probabilities = image.levels[0]
+        if probabilities.ndim != 3 or probabilities.shape[0] < 2:
+            expected = "(classes >= 2, Y, X) with class 1 = foreground"
+            raise InputError(path, f"probabilities have shape {probabilities.shape}", expected)
+        labels = postprocess.watershed(np.asarray(probabilities[1]), **settings["watershed"])
+    else:
+        labels = np.asarray(instances[...])
+    return postprocess.remove_small(labels, settings["min_size"])
+
+
+def summarize(table: pd.DataFrame, thresholds: Sequence[float]) -> dict[str, Any]:
+    """Means over images (top level, their spread under ``std``), per-threshold mean curves and
+    curves from counts pooled over images.
+
+    The mean curves weight every image equally (the DSB 2018 convention); the pooled ones weight
+    every object equally, which is steadier when images hold very different numbers of objects.
+    """
+    curves = {m: [float(table[threshold_key(m, t)].mean()) for t in thresholds] for m in CURVE_METRICS}
+    tp, fp, fn = (np.array([table[threshold_key(k, t)].sum() for t in thresholds]) for k in ("tp", "fp", "fn"))
+    pooled = {"tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist()}
+    pooled.update({key: np.atleast_1d(value).tolist() for key, value in count_scores(tp, fp, fn).items()})
+    return {
+        "n_images": len(table),
+        "n_gt": int(table["n_gt"].sum()),
+        "n_pred": int(table["n_pred"].sum()),
+        **{m: float(table[m].mean()) for m in SCALAR_METRICS},
+        "std": {m: float(table[m].std(ddof=0)) for m in SCALAR_METRICS},
+        "iou_thresholds": [float(t) for t in thresholds],
+        "curves": curves,
+        "pooled": pooled,
+    }
+
+
+def evaluate(
+    data_store: str | Path,
+    pred_dir: str | Path,
+    out_dir: str | Path,
+    settings: dict[str, Any],
+    *,
+    split: str = "val",
+    plot: str | Path | None = None,
+    overlay_plot: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate every image of ``split``; write ``out_dir`` (and the figures) atomically.
+
+    Returns the summary written to ``summary.json``.
+    """
+    store = open_store(data_store, "dataset")
+    if not store_meta(store).get("labelled") or LABELS not in store:
+        raise StoreError(f"{data_store}: has no labels; evaluation needs ground truth")
+    names = split_names(store, split)
+    if not names:
+        raise StoreError(f"{data_store}: the {split!r} split is empty; nothing to evaluate")
+    paths = prediction_paths(pred_dir, names, split)
+    thresholds = list(settings["iou_thresholds"])
+
+    rows, overlays = [], []
+    for name, path in tqdm(list(zip(names, paths)), desc="evaluate", unit="image"):
+        gt = np.asarray(store[f"{LABELS}/{name}"][...])
+        pred = predicted_instances(path, name, gt.shape, settings)
+        rows.append({"image": name, **evaluate_segmentation(gt, pred, thresholds)})
+        if len(overlays) < settings["overlays"]:
+            overlays.append((name, overlay_rgb(np.asarray(store[f"{IMAGES}/{name}"][...]), gt, pred)))
+    table = pd.DataFrame(rows)
+    summary = {
+        "split": split,
+        "images": names,
+        "postprocess": postprocess_settings(settings),
+        **summarize(table, thresholds),
+        "inputs": {"data_store": str(data_store), "predictions": str(pred_dir)},
+    }
+
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_output(out_dir))
+        tmp.mkdir()
+        table.to_csv(tmp / "per_image.csv", index=False)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / "overlays").mkdir()
+        for name, rgb in overlays:
+            save_rgb(rgb, tmp / "overlays" / f"{name}.png")
+        if plot is not None:
+            plot_metrics(summary, stack.enter_context(atomic_output(plot)))
+        if overlay_plot is not None:
+            f1 = threshold_key("f1", thresholds[0])
+            captions = [
+                f"{name}: mean AP {row['mean_ap']:.2f}, F1 (IoU > {thresholds[0]:g}) {row[f1]:.2f}"
+                for (name, _), row in zip(overlays, rows)
+            ]
+            plot_overlays([rgb for _, rgb in overlays], captions, stack.enter_context(atomic_output(overlay_plot)))
+    log.info(
+        "%d images: pixel error %.4f, Rand error %.4f, mean AP %.3f, %s %.3f (postprocess %s)",
+        len(rows), summary["pixel_error"], summary["rand_error"], summary["mean_ap"],
+        threshold_key("f1", thresholds[0]), summary["curves"]["f1"][0], settings["postprocess"],
+    )
+    return summary
+

@@ -1,0 +1,99 @@
+"""Object instances from a foreground probability map.
+
+The U-Net predicts foreground vs background per pixel; objects are what the evaluation (and a
+user) counts. Two ways to get them:
+
+* ``connected_components`` (default): every 4-connected foreground region is one object. Exact
+  when the network draws the background gap between touching objects, as the paper's border
+  weights train it to.
+* ``watershed``: where the gap is missing or faint, flood a relief from one marker per peak so
+  touching objects split along their neck (``source="distance"``: distance to the background)
+  or along the probability dip between them (``source="probability"``). A peak seeds its own
+  object only if it rises ``h`` above the pass to a higher peak (h-maxima), so noise does not
+  over-split; a foreground region with no such peak still becomes one object, so watershed only
+  ever splits what connected components would find, never drops it.
+
+``remove_small`` then drops objects below ``min_size`` pixels (debris, speckle).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import h_maxima
+from skimage.segmentation import relabel_sequential
+from skimage.segmentation import watershed as flood
+
+METHODS = ("connected_components", "watershed")
+SOURCES = ("distance", "probability")
+
+
+def connected_components(foreground: np.ndarray) -> np.ndarray:
+    """int32 labels of the 4-connected regions of a boolean mask (as Fiji's ISBI scoring)."""
+    labels, _ = ndimage.label(np.asarray(foreground, dtype=bool))
+    return labels.astype(np.int32, copy=False)
+
+
+def watershed(
+    probability: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    source: str = "distance",
+    h_distance: float = 2.0,
+    h_probability: float = 0.1,
+) -> np.ndarray:
+    """int32 instances from a (Y, X) foreground probability by marker-controlled watershed.
+
+    The foreground (probability > ``threshold``) is flooded from the h-maxima of the relief
+    (``source``), with depth ``h_distance`` pixels or ``h_probability`` probability units.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"watershed source must be one of {SOURCES}, got {source!r}")
+    probability = np.asarray(probability, dtype=np.float32)
+    mask = probability > threshold
+    if source == "distance":
+        relief, h = ndimage.distance_transform_edt(mask).astype(np.float32), h_distance
+    else:
+        relief, h = np.where(mask, probability, 0.0).astype(np.float32), h_probability
+    markers, n_markers = ndimage.label(h_maxima(relief, h).astype(bool) & mask)
+    # Regions whose relief never rises h (small or flat objects) are seeded as a whole.
+    regions, n_regions = ndimage.label(mask)
+    seeded = np.zeros(n_regions + 1, dtype=bool)
+    seeded[regions[markers > 0]] = True
+    unseeded = ~seeded[regions] & mask
+    markers[unseeded] = regions[unseeded] + n_markers
+    labels = flood(-relief, markers, mask=mask)
+    return relabel_sequential(labels.astype(np.int32, copy=False))[0]
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """``labels`` without objects smaller than ``min_size`` pixels, renumbered 1..n."""
+    labels = np.asarray(labels)
+    if min_size > 0 and labels.size:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels = np.where(small[labels], 0, labels)
+    return relabel_sequential(labels.astype(np.int32, copy=False))[0]
+
+
+def instances_from_probability(
+    probability: np.ndarray,
+    method: str = "connected_components",
+    *,
+    min_size: int = 0,
+    threshold: float = 0.5,
+    source: str = "distance",
+    h_distance: float = 2.0,
+    h_probability: float = 0.1,
+) -> np.ndarray:
+    """Objects of a (Y, X) foreground probability by ``method``, small ones removed."""
+    if method == "connected_components":
+        labels = connected_components(np.asarray(probability) > threshold)
+    elif method == "watershed":
+        labels = watershed(
+            probability, threshold=threshold, source=source, h_distance=h_distance, h_probability=h_probability
+        )
+    else:
+        raise ValueError(f"postprocess method must be one of {METHODS}, got {method!r}")
+    return remove_small(labels, min_size)
