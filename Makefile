@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH)"
 	$(BIN)/python -m pip install -e ".[test,bench,cluster]"
+	# The benchmarks' baseline: PyPI's elasticdeform 0.5.1 wheels were built against NumPy 1 and
+	# fail to import under NumPy 2, so it is compiled from source against the installed NumPy.
+	$(BIN)/python -m pip install --no-binary elasticdeform "elasticdeform>=0.5,<0.6"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -125,3 +125,29 @@ def schema_markdown() -> str:
     """The configuration reference (config/README.md's table), generated from the schema."""
     header = "| key | type | default | meaning |\n|---|---|---|---|\n"
     return header + "\n".join(_markdown_rows(load_schema(), "")) + "\n"
+
+
+CONFIG_README_INTRO = """# Configuration reference
+
+`config/config.yaml` is the default configuration (synthetic data, small CPU-friendly U-Net).
+`config/isbi2012.yaml` and `config/dsb2018.yaml` run the real datasets. Pass another file with
+`snakemake --configfile my.yaml`, or override one key with `--config run=other`.
+
+Every key is optional. The schema `workflow/schemas/config.schema.yaml` holds the defaults and is
+checked before any job runs, so a typo (`stpes:`) or a wrong type (`steps: many`) stops the run
+naming the key. This table is generated from the schema and a test keeps it in sync; after
+editing the schema run `python -m unetflow.config > config/README.md`.
+
+Each rule receives only its own section as params, so editing `predict.*` reruns prediction and
+evaluation, `weights.*` reruns weights and everything after, `evaluate.*` only the evaluation.
+
+"""
+
+
+def config_readme() -> str:
+    """Full text of config/README.md."""
+    return CONFIG_README_INTRO + schema_markdown()
+
+
+if __name__ == "__main__":
+    print(config_readme(), end="")

@@ -32,9 +32,10 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
     val = table.dropna(subset=["val_iou"])
     window = max(1, len(table) // 50)
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(table["step"], table["train_loss"], color="0.8", lw=0.8, label="train (per step)")
-    ax_loss.plot(table["step"], running_mean(table["train_loss"].to_numpy(), window), color="C0",
-                 label=f"train (mean of {window})")
+    ax_loss.plot(table["step"], table["train_loss"], color="0.7" if window > 1 else "C0", lw=0.8, label="train (per step)")
+    if window > 1:
+        smooth = running_mean(table["train_loss"].to_numpy(), window)
+        ax_loss.plot(table["step"], smooth, color="C0", label=f"train (mean of {window})")
     if len(val):
         ax_loss.plot(val["step"], val["val_loss"], "o-", color="C1", label="validation")
         best = val.loc[val["val_iou"].idxmax()]
