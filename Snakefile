@@ -13,6 +13,12 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
 
+# Light rules run on the submitting host rather than as cluster jobs.
+localrules:
+    all,
+    evaluate,
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/weights.smk"

@@ -1,16 +1,19 @@
 # Paths of every store and folder the rules exchange, and small helpers. Rule files use these
 # functions instead of spelling paths, so the layout is defined once.
 import json
-import os
+import shlex
 
 RESULTS = config["results"]
 DATASET = config["dataset"]["name"]
 RUN = config["run"]
 SLIDES = [slide["name"] for slide in config["slides"]]
-# Jobs call `python -m unetflow`. Putting the checkout on PYTHONPATH makes that work both in the
-# project venv (where unetflow is installed) and in the per-stage conda environments (which carry
-# the dependencies only), without a path in any params (a moved checkout must not rerun jobs).
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+# Jobs call `python -m unetflow`. The shell prefix puts the checkout on PYTHONPATH inside every
+# job's command, which works in the project venv (where unetflow is installed), from any working
+# directory, and in the per-stage conda environments (which carry the dependencies only, and from
+# whose jobs Snakemake deletes an inherited PYTHONPATH). No path goes into params or the rule's
+# command text, so a moved checkout reruns nothing.
+# (Snakemake formats the prefix like a command, hence the doubled braces.)
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 def settings(*sections):

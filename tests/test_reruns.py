@@ -1,0 +1,69 @@
+"""Editing one config section reruns exactly the stages that read it, and what depends on them.
+
+Each rule's params carry only the config slice its stage reads, and the workflow profile's
+rerun-triggers include ``params``; so after a complete run, a dry run with one setting changed
+must list just the rules downstream of the first stage that reads it. The complete run is real
+(the tiny config, ~1 minute on 2 cores) and shared by all tests here; the edits are overlay
+config files (``--configfile`` merges them over config/config.yaml), so the run stays intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tiny_workflow import RUN_DIR, check, planned_jobs, prepare, snakemake
+
+pytestmark = pytest.mark.slow
+
+PREDICT = {"predict_val": 1, "predict_slide": 1}
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = prepare(tmp_path_factory.mktemp("reruns"))
+    check(snakemake(workdir, "--cores", "2", limit_s=600))
+    assert (workdir / RUN_DIR / "evaluation" / "summary.json").is_file()
+    return workdir
+
+
+def _jobs_after_edit(workdir: Path, tmp_path: Path, edit: dict[str, Any]) -> dict[str, int]:
+    overlay = tmp_path / "edit.yaml"
+    overlay.write_text(yaml.safe_dump(edit))
+    return planned_jobs(workdir, "--configfile", str(overlay))
+
+
+def test_complete_run_is_up_to_date(completed: Path) -> None:
+    assert planned_jobs(completed) == {}
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        pytest.param({"predict": {"tile": 32}}, {**PREDICT, "evaluate": 1}, id="inference-setting"),
+        pytest.param(
+            {"weights": {"w0": 5}}, {"weights": 1, "train": 1, **PREDICT, "evaluate": 1}, id="weight-map-setting"
+        ),
+        pytest.param({"evaluate": {"min_size": 3}}, {"evaluate": 1}, id="metric-setting"),
+        pytest.param({"train": {"steps": 6}}, {"train": 1, **PREDICT, "evaluate": 1}, id="training-setting"),
+    ],
+)
+def test_edit_reruns_only_dependent_stages(
+    completed: Path, tmp_path: Path, edit: dict[str, Any], expected: dict[str, int]
+) -> None:
+    assert _jobs_after_edit(completed, tmp_path, edit) == expected
+
+
+def test_slide_edit_leaves_the_evaluation_alone(completed: Path, tmp_path: Path) -> None:
+    """A slide is predicted but never evaluated: changing it must not touch the validation chain."""
+    slides = [{"name": "slide", "format": "synthetic", "size": 256, "chunk": 128, "seed": 7}]
+    assert _jobs_after_edit(completed, tmp_path, {"slides": slides}) == {"ingest_slide": 1, "predict_slide": 1}
+
+
+def test_forcerun_and_until(completed: Path) -> None:
+    """The documented ways to redo one stage: -R reruns it and everything after, --until stops early."""
+    assert planned_jobs(completed, "--forcerun", "weights") == {"weights": 1, "train": 1, **PREDICT, "evaluate": 1}
+    assert planned_jobs(completed, "--forcerun", "weights", "--until", "train") == {"weights": 1, "train": 1}
