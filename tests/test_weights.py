@@ -203,9 +203,8 @@ def test_inverse_frequency_weights_have_mean_one():
 
 
 @pytest.fixture
-def weights_cli(monkeypatch):
-    """``unetflow.cli.main`` with only the weights stage registered (other stages are tested elsewhere)."""
-    monkeypatch.setattr(cli, "STAGES", ("weights",))
+def weights_cli():
+    """The command line entry point, as ``unetflow`` runs it."""
     return cli.main
 
 

@@ -28,7 +28,8 @@ def test_pipeline_produces_every_store(finished_run):
     assert sorted(weights["weights"].array_keys()) == sorted(meta["names"])
     run = finished_run / RUN_DIR
     assert (run / "model" / "best.pt").is_file() and (run / "model" / "metrics.csv").is_file()
-    assert sorted(p.name for p in (run / "predictions" / "val").iterdir()) == [f"{meta['split']['val'][0]}.ome.zarr"]
+    predicted = sorted(p.name for p in (run / "predictions" / "val").iterdir() if not p.name.startswith("."))
+    assert predicted == [f"{meta['split']['val'][0]}.ome.zarr"]
     slide = zarr.open_group(str(run / "predictions" / "slides" / "slide" / "slide.ome.zarr"), mode="r")
     size = TINY_CONFIG["slides"][0]["size"]
     assert slide["0"].shape[-2:] == (size, size)

@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for stage in STAGES:
-        try:  # TEMPORARY while stages land; removed before the first commit that has them all
-            module = importlib.import_module(f"unetflow.commands.{stage}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"unetflow.commands.{stage}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"unetflow.commands.{stage}").register(sub)
     return parser
 
 

@@ -1,0 +1,382 @@
+"""Overlap-tile prediction: seamless against whole-image inference, resumable, distributed, NGFF."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import torch
+import zarr
+from scipy import ndimage
+
+import unetflow.predict as predict_module
+from unetflow.commands import predict as predict_command
+from unetflow.config import ConfigError
+from unetflow.io.errors import InputError
+from unetflow.io.ome_zarr import (
+    INSTANCES,
+    SEMANTIC,
+    create_prediction,
+    downsample,
+    instance_labels,
+    level_path,
+    open_ome_image,
+)
+from unetflow.model import UNet, save_checkpoint
+from unetflow.predict import (
+    DIHEDRAL,
+    CachedChunks,
+    PredictOptions,
+    dihedral,
+    marker,
+    predict_image,
+    tile_layout,
+    undihedral,
+)
+from unetflow.store import write_dataset
+from unetflow.tiling import read_window
+
+def _model(path: Path, depth: int = 2, padding: str = "valid", in_channels: int = 1, seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    net = UNet(in_channels=in_channels, n_classes=2, depth=depth, base_channels=4, padding=padding).eval()
+    save_checkpoint(path, net)
+    return net
+
+
+def _store(path: Path, images: dict[str, np.ndarray], val: list[str] | None = None) -> Path:
+    channels = next(iter(images.values())).shape[0]
+    norm = {"mean": [0.0] * channels, "std": [1.0] * channels}
+    split = {"train": [n for n in images if n not in (val or [])], "val": val or []}
+    return write_dataset(path, images, normalization=norm, split=split, chunk=64)
+
+
+def _image(height: int, width: int, seed: int = 0, channels: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.normal(size=(channels, height, width)), (0, 2, 2))
+    return (smooth / smooth.std()).astype(np.float32)
+
+
+def _whole_image(net: UNet, image: np.ndarray, margin: int, tta: bool = False) -> np.ndarray:
+    """Reference: the net run once on the whole image, mirror-padded by numpy, then cropped."""
+    _, h, w = image.shape
+    align = 2 ** (net.depth - 1)
+    if net.padding == "valid":
+        oh, ow = net.valid_output_size(h), net.valid_output_size(w)
+    else:
+        oh, ow = -(-h // align) * align, -(-w // align) * align
+    padded = np.pad(image, [(0, 0), (margin, margin + oh - h), (margin, margin + ow - w)], mode="reflect")
+    x = torch.from_numpy(padded[None])
+    transforms = DIHEDRAL if tta else [(0, False)]
+    with torch.no_grad():
+        probs = sum(
+            undihedral(torch.softmax(net(dihedral(x, k, f)), 1), k, f)
+            for k, f in transforms
+        ) / len(transforms)
+    crop = (probs.shape[-1] - ow) // 2  # a same-padded net returns its context too
+    return probs[0, :, crop : crop + h, crop : crop + w].numpy()
+
+
+def _predict(tmp_path: Path, net_path: Path, store: Path, name: str = "a", **settings: object) -> np.ndarray:
+    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, **settings})
+    out = predict_image(net_path, store, name, tmp_path / f"{name}.ome.zarr", options)
+    return open_ome_image(out).levels[0][:]
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two label images describe the same objects (ids may differ by a permutation)."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    one_to_one = len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+    return bool(((a == 0) == (b == 0)).all() and one_to_one)
+
+
+# -- seamlessness ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "depth,tile,shape",
+    [(2, 10, (150, 133)), (2, 64, (150, 133)), (3, 13, (97, 131)), (3, 40, (97, 131)), (2, 22, (67, 91))],
+)
+def test_tiled_prediction_equals_whole_image_inference(tmp_path: Path, depth: int, tile: int, shape: tuple) -> None:
+    net = _model(tmp_path / "m.pt", depth=depth)
+    image = _image(*shape)
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    probs = _predict(tmp_path, tmp_path / "m.pt", store, tile=tile)
+    reference = _whole_image(net, image, net.margin)
+    assert probs.shape == (2, *shape) and probs.dtype == np.float32
+    assert reference[1].std() > 1e-3  # the comparison is not between two constant maps
+    assert np.abs(probs - reference).max() <= 1e-4
+
+
+@pytest.mark.parametrize("shape", [(13, 9), (6, 1), (1, 7)])
+def test_image_smaller_than_one_tile_is_mirror_padded_like_numpy(tmp_path: Path, shape: tuple) -> None:
+    net = _model(tmp_path / "m.pt", depth=3)  # margin 20: the context wraps the image several times
+    image = _image(*shape, seed=3)
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    probs = _predict(tmp_path, tmp_path / "m.pt", store, tile=64)
+    assert np.abs(probs - _whole_image(net, image, net.margin)).max() <= 1e-4
+
+
+def test_same_padded_net_is_seamless_with_its_receptive_field_as_halo(tmp_path: Path) -> None:
+    net = _model(tmp_path / "m.pt", depth=3, padding="same")
+    image = _image(100, 75, seed=1)
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    probs = _predict(tmp_path, tmp_path / "m.pt", store, tile=16)
+    margin = tile_layout(net, 16, 64, 100, 75).margin
+    assert np.abs(probs - _whole_image(net, image, margin)).max() <= 1e-4
+
+
+def test_tta_tiles_equal_whole_image_tta(tmp_path: Path) -> None:
+    net = _model(tmp_path / "m.pt", depth=3)
+    image = _image(70, 90, seed=2)
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    probs = _predict(tmp_path, tmp_path / "m.pt", store, tile=20, tta=True)
+    reference = _whole_image(net, image, net.margin, tta=True)
+    assert np.abs(probs - reference).max() <= 1e-4
+    assert np.abs(probs - _whole_image(net, image, net.margin)).max() > 1e-3  # TTA did change something
+
+
+def test_float16_output(tmp_path: Path) -> None:
+    net = _model(tmp_path / "m.pt")
+    image = _image(80, 70)
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    probs = _predict(tmp_path, tmp_path / "m.pt", store, tile=30, dtype="float16")
+    assert probs.dtype == np.float16
+    assert np.abs(probs.astype(np.float32) - _whole_image(net, image, net.margin)).max() <= 1e-3
+
+
+# -- resume and completeness -------------------------------------------------------------------
+def test_killed_run_resumes_without_recomputing_written_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _model(tmp_path / "m.pt")
+    image = _image(150, 133)
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": 20, "chunks_in_flight": 1})
+    out = tmp_path / "a.ome.zarr"
+    partial = tmp_path / "a.ome.zarr.partial"
+    real_predict_chunk = predict_module.predict_chunk
+    done: list[tuple[int, int]] = []
+
+    def killed_after_four(job: predict_module.ChunkJob) -> None:
+        if len(done) == 4:
+            raise KeyboardInterrupt("simulated kill")
+        real_predict_chunk(job)
+        done.append(job.index)
+
+    monkeypatch.setattr(predict_module, "predict_chunk", killed_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        predict_image(tmp_path / "m.pt", store, "a", out, options)
+    assert not out.exists() and partial.exists()
+    assert all(marker(partial, index).exists() for index in done)
+
+    recomputed: list[tuple[int, int]] = []
+
+    def counting(job: predict_module.ChunkJob) -> None:
+        recomputed.append(job.index)
+        real_predict_chunk(job)
+
+    monkeypatch.setattr(predict_module, "predict_chunk", counting)
+    predict_image(tmp_path / "m.pt", store, "a", out, options)
+    all_chunks = {(iy, ix) for iy in range(3) for ix in range(3)}
+    assert sorted(recomputed) == sorted(all_chunks - set(done))
+    assert not partial.exists()
+    probs = open_ome_image(out).levels[0][:]
+    assert np.abs(probs - _whole_image(net, image, net.margin)).max() <= 1e-4
+
+    recomputed.clear()  # a complete output with the same model and settings is not redone
+    predict_image(tmp_path / "m.pt", store, "a", out, options)
+    assert recomputed == []
+
+
+def test_partial_output_of_another_model_is_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _model(tmp_path / "m.pt", seed=0)
+    image = _image(100, 100)
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": 20, "chunks_in_flight": 1})
+    real_predict_chunk = predict_module.predict_chunk
+    calls: list[int] = []
+
+    def killed_after_one(job: predict_module.ChunkJob) -> None:
+        if calls:
+            raise KeyboardInterrupt("simulated kill")
+        real_predict_chunk(job)
+        calls.append(1)
+
+    monkeypatch.setattr(predict_module, "predict_chunk", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        predict_image(tmp_path / "m.pt", store, "a", tmp_path / "a.ome.zarr", options)
+    monkeypatch.setattr(predict_module, "predict_chunk", real_predict_chunk)
+    other = _model(tmp_path / "m.pt", seed=1)  # retrained in place
+    out = predict_image(tmp_path / "m.pt", store, "a", tmp_path / "a.ome.zarr", options)
+    assert np.abs(open_ome_image(out).levels[0][:] - _whole_image(other, image, other.margin)).max() <= 1e-4
+
+
+def test_reingested_image_is_predicted_again(tmp_path: Path) -> None:
+    net = _model(tmp_path / "m.pt")
+    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": 20})
+    _store(tmp_path / "d.zarr", {"a": _image(60, 50, seed=0)})
+    predict_image(tmp_path / "m.pt", tmp_path / "d.zarr", "a", tmp_path / "a.ome.zarr", options)
+    image = _image(60, 50, seed=1)
+    _store(tmp_path / "d.zarr", {"a": image})  # same name and shape, new pixels
+    out = predict_image(tmp_path / "m.pt", tmp_path / "d.zarr", "a", tmp_path / "a.ome.zarr", options)
+    assert np.abs(open_ome_image(out).levels[0][:] - _whole_image(net, image, net.margin)).max() <= 1e-4
+
+
+# -- scheduling and errors ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_local_cluster_with_two_workers_equals_threaded(tmp_path: Path) -> None:
+    _model(tmp_path / "m.pt", depth=3)
+    store = _store(tmp_path / "d.zarr", {"a": _image(140, 150)})
+    settings = {"device": "cpu", "chunk": 64, "tile": 24}
+    threaded = predict_image(
+        tmp_path / "m.pt", store, "a", tmp_path / "t.ome.zarr", PredictOptions.from_settings(settings)
+    )
+    distributed = predict_image(
+        tmp_path / "m.pt",
+        store,
+        "a",
+        tmp_path / "d.ome.zarr",
+        PredictOptions.from_settings({**settings, "scheduler": "distributed", "n_workers": 2}),
+    )
+    a, b = open_ome_image(threaded), open_ome_image(distributed)
+    np.testing.assert_allclose(a.levels[0][:], b.levels[0][:], atol=1e-6)
+    np.testing.assert_array_equal(a.label("instances").levels[0][:], b.label("instances").levels[0][:])
+    np.testing.assert_allclose(a.levels[-1][:], b.levels[-1][:], atol=1e-6)
+
+
+def test_channel_mismatch_is_a_clear_input_error(tmp_path: Path) -> None:
+    _model(tmp_path / "m.pt", in_channels=3)
+    store = _store(tmp_path / "d.zarr", {"a": _image(40, 40)})
+    with pytest.raises(InputError, match=r"1 channel\(s\) but the model .* expects 3"):
+        predict_image(tmp_path / "m.pt", store, "a", tmp_path / "a.ome.zarr", PredictOptions.from_settings({}))
+    assert not (tmp_path / "a.ome.zarr").exists() and not (tmp_path / "a.ome.zarr.partial").exists()
+
+
+def test_missing_model_is_a_clear_input_error(tmp_path: Path) -> None:
+    store = _store(tmp_path / "d.zarr", {"a": _image(40, 40)})
+    with pytest.raises(InputError, match="no model checkpoint"):
+        predict_image(tmp_path / "nothing", store, "a", tmp_path / "a.ome.zarr", PredictOptions.from_settings({}))
+    (tmp_path / "torn.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="cannot load the model"):
+        predict_image(tmp_path / "torn.pt", store, "a", tmp_path / "a.ome.zarr", PredictOptions.from_settings({}))
+
+
+# -- the OME-Zarr output -----------------------------------------------------------------------
+def test_output_is_ngff_with_pyramids_and_labels(tmp_path: Path) -> None:
+    _model(tmp_path / "m.pt")
+    store = _store(tmp_path / "d.zarr", {"a": _image(150, 133)})
+    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": 20, "pyramid_levels": 3})
+    out = predict_image(tmp_path / "m.pt", store, "a", tmp_path / "a.ome.zarr", options)
+    image = open_ome_image(out)
+    probs = image.levels[0][:]
+    assert [level.shape for level in image.levels] == [(2, 150, 133), (2, 75, 67), (2, 38, 34)]
+    assert image.axes == ["c", "y", "x"] and image.scales[2] == [1.0, 4.0, 4.0]
+    level1 = image.group.attrs["ome"]["multiscales"][0]["datasets"][1]["coordinateTransformations"]
+    assert level1[1] == {"type": "translation", "translation": [0.0, 0.5, 0.5]}  # a 2x2 mean sits mid-cell
+    np.testing.assert_allclose(image.levels[1][:], downsample(probs, "mean"), atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    semantic = image.label("semantic").levels[0][:]
+    np.testing.assert_array_equal(semantic, probs.argmax(axis=0))
+    instances = image.label("instances")
+    assert _same_partition(instances.levels[0][:], ndimage.label(semantic > 0)[0])
+    np.testing.assert_array_equal(instances.levels[1][:], instances.levels[0][::2, ::2])
+    assert image.attrs["kind"] == "prediction" and image.attrs["complete"] is True
+    assert not (out / predict_module.DONE_DIR).exists()
+
+    ome_zarr = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr.io import parse_url
+
+    nodes = list(ome_zarr.Reader(parse_url(str(out)))())
+    assert [n.data[0].shape for n in nodes if n.data] == [(2, 150, 133), (150, 133), (150, 133)]
+    assert sum(any(type(s).__name__ == "Label" for s in n.specs) for n in nodes) == 2
+
+
+def test_cached_chunks_reads_equal_plain_reads_and_stay_bounded(tmp_path: Path) -> None:
+    image = np.random.default_rng(0).random((2, 300, 257)).astype(np.float32)
+    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=image.shape, chunks=(2, 64, 64), dtype="float32")
+    array[:] = image
+    cached = CachedChunks(array, capacity=5)
+    for y0, x0, h, w in [(-10, -10, 100, 80), (250, 200, 80, 90), (0, 0, 300, 257), (17, 33, 5, 5), (-50, 100, 400, 20)]:
+        np.testing.assert_array_equal(read_window(cached, y0, x0, h, w), read_window(image, y0, x0, h, w))
+        assert len(cached._decoded) <= 5
+
+
+def test_downsample_mean_averages_the_pixels_of_odd_edges() -> None:
+    block = np.arange(15, dtype=np.float32).reshape(1, 3, 5)
+    down = downsample(block, "mean")
+    assert down.shape == (1, 2, 3)
+    assert down[0, 0, 0] == np.mean([0, 1, 5, 6]) and down[0, 1, 2] == 14 and down[0, 0, 2] == np.mean([4, 9])
+
+
+@pytest.mark.parametrize("pattern", ["blobs", "speckle", "empty", "full"])
+def test_chunked_instance_labels_merge_objects_across_chunk_borders(tmp_path: Path, pattern: str) -> None:
+    noise = np.random.default_rng(5).normal(size=(100, 90))
+    foreground = {
+        "blobs": ndimage.gaussian_filter(noise, 2) > 0.05,  # objects spanning several chunks
+        "speckle": noise > 0.3,
+        "empty": np.zeros_like(noise, dtype=bool),
+        "full": np.ones_like(noise, dtype=bool),
+    }[pattern]
+    root = tmp_path / "p.ome.zarr"
+    create_prediction(root, n_classes=2, height=100, width=90, chunk=16, levels=1, dtype="float32", attrs={})
+    zarr.open_array(store=str(root), path=level_path(SEMANTIC, 0), mode="r+")[:] = foreground.astype(np.uint8)
+    expected, n_expected = ndimage.label(foreground)
+    (n,) = dask.compute(instance_labels(root, {})[0], scheduler="sync")
+    labels = zarr.open_array(store=str(root), path=level_path(INSTANCES, 0))[:]
+    assert n == n_expected
+    assert set(np.unique(labels)) == set(range(n + 1)) - ({0} if foreground.all() else set())  # ids 1..n, no gaps
+    assert _same_partition(labels, expected)
+
+
+# -- the command line --------------------------------------------------------------------------
+def test_cli_writes_one_ome_zarr_per_validation_image(tmp_path: Path) -> None:
+    _model(tmp_path / "m.pt")
+    store = _store(tmp_path / "d.zarr", {"a": _image(50, 60), "b": _image(70, 40, seed=1)}, val=["b"])
+    parser = argparse.ArgumentParser()
+    predict_command.register(parser.add_subparsers())
+    out = tmp_path / "predictions" / "val"
+    args = parser.parse_args(
+        ["predict", str(tmp_path / "m.pt"), str(store), str(out), "--split", "val", "--settings", '{"tile": 20}']
+    )
+    args.func(args)
+    assert sorted(p.name for p in out.iterdir()) == ["b.ome.zarr"]
+    assert open_ome_image(out / "b.ome.zarr").levels[0].shape == (2, 70, 40)
+    assert not out.with_name("val.partial").exists()
+
+
+def test_killed_store_prediction_keeps_finished_images_for_the_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _model(tmp_path / "m.pt")
+    store = _store(tmp_path / "d.zarr", {"a": _image(50, 60), "b": _image(70, 40, seed=1)})
+    options = PredictOptions.from_settings({"device": "cpu", "tile": 20})
+    real_predict_chunk = predict_module.predict_chunk
+    seen: list[str] = []
+
+    def killed_in_b(job: predict_module.ChunkJob) -> None:
+        seen.append(Path(job.out_store).name)
+        if job.out_store.endswith("b.ome.zarr.partial"):
+            raise KeyboardInterrupt("simulated kill")
+        real_predict_chunk(job)
+
+    monkeypatch.setattr(predict_module, "predict_chunk", killed_in_b)
+    out = tmp_path / "predictions"
+    with pytest.raises(KeyboardInterrupt):
+        predict_module.predict_store(tmp_path / "m.pt", store, out, "all", options)
+    assert not out.exists() and (tmp_path / "predictions.partial" / "a.ome.zarr").is_dir()
+    seen.clear()
+    monkeypatch.setattr(predict_module, "predict_chunk", lambda job: (seen.append(job.out_store), real_predict_chunk(job)))
+    predict_module.predict_store(tmp_path / "m.pt", store, out, "all", options)
+    assert all(s.endswith("b.ome.zarr.partial") for s in seen) and seen  # a was not predicted again
+    assert sorted(p.name for p in out.iterdir()) == ["a.ome.zarr", "b.ome.zarr"]
+    assert not (tmp_path / "predictions.partial").exists()
+
+
+def test_options_fill_schema_defaults_and_reject_unknown_keys() -> None:
+    options = PredictOptions.from_settings({"tile": 100})
+    assert options.tile == 100 and options.scheduler == "threads"
+    with pytest.raises(ConfigError, match="tile_size"):
+        PredictOptions.from_settings({"tile_size": 100})
+    assert dataclasses.replace(options, tta=True).tta

@@ -1,0 +1,395 @@
+"""OME-Zarr (NGFF 0.5, zarr v3) prediction images: layout, metadata, pyramids, instance labels.
+
+A prediction is one NGFF image group::
+
+    <name>.ome.zarr/
+        0, 1, ...                  class probabilities (C, Y, X), level k downsampled 2**k
+        labels/semantic/0, 1, ...  uint8 (Y, X) argmax class
+        labels/instances/0, 1, ... int32 (Y, X) connected components of the foreground
+        attrs: {"ome": {version, multiscales}, "unetflow": {kind: "prediction", ...}}
+
+Everything here works chunk by chunk on arrays that may be far larger than memory: pyramid
+levels are computed one output chunk at a time from the level above, and the instance labelling
+labels each chunk on its own and then merges objects that touch across chunk borders (connected
+components of the graph of label pairs facing each other on chunk borders), so no step ever
+loads a whole slide. These steps are returned as ``dask.delayed`` graphs that the caller joins to
+the prediction graph and computes on its scheduler; the chunk functions take store paths, not
+open arrays, so they run unchanged in dask.distributed workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import zarr
+from dask.delayed import Delayed
+from dask.graph_manipulation import bind
+from scipy import ndimage, sparse
+from scipy.sparse.csgraph import connected_components
+from zarr.codecs import BloscCodec
+
+from unetflow.store import ATTRS_KEY, StoreError
+from unetflow.tiling import Box, ChunkGrid
+
+NGFF_VERSION = "0.5"
+LABELS = "labels"
+SEMANTIC = f"{LABELS}/semantic"
+INSTANCES = f"{LABELS}/instances"
+PROBABILITIES = ""  # the probability pyramid lives at the image group's root, as NGFF requires
+
+#: how each multiscale is downsampled: probabilities are averaged, label ids must stay ids
+DOWNSAMPLING = {PROBABILITIES: "mean", SEMANTIC: "stride", INSTANCES: "stride"}
+
+#: display colours of the semantic classes (RGBA); background is transparent
+CLASS_COLOURS = [(0, 0, 0, 0), (0, 200, 0, 128), (220, 0, 0, 128), (0, 80, 255, 128), (255, 200, 0, 128)]
+
+#: probabilities are noisy floats: lz4 on byte-shuffled values compresses them better than
+#: zarr's default zstd and at about twice its speed (labels keep zstd, which suits them)
+PROBABILITY_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+#: 4-connectivity: touching cells that only meet at a corner stay separate objects
+CONNECTIVITY = ndimage.generate_binary_structure(2, 1)
+
+
+def level_path(multiscale: str, level: int) -> str:
+    """Path of pyramid ``level`` of a multiscale group inside the image group."""
+    return f"{multiscale}/{level}" if multiscale else str(level)
+
+
+def level_grids(height: int, width: int, chunk: int, levels: int) -> list[ChunkGrid]:
+    """Chunk grids of the pyramid levels: each level halves the edges (rounding up)."""
+    grids = [ChunkGrid(height, width, chunk)]
+    for _ in range(levels - 1):
+        grids.append(grids[-1].halved())
+    return grids
+
+
+def _multiscales(name: str, axes: Sequence[str], levels: int, downsampling: str) -> list[dict[str, Any]]:
+    """NGFF ``multiscales`` metadata: one dataset per level with its scale (and shift).
+
+    A mean over 2**k x 2**k pixels sits at the centre of those pixels, so averaged levels are
+    shifted by (2**k - 1) / 2 level-0 pixels; strided levels keep the top-left pixel, unshifted.
+    """
+    axes_meta = [{"name": a, "type": "channel"} if a == "c" else {"name": a, "type": "space"} for a in axes]
+    datasets = []
+    for level in range(levels):
+        scale = [1.0 if a == "c" else float(2**level) for a in axes]
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+        if downsampling == "mean" and level:
+            shift = [0.0 if a == "c" else (2**level - 1) / 2 for a in axes]
+            transforms.append({"type": "translation", "translation": shift})
+        datasets.append({"path": str(level), "coordinateTransformations": transforms})
+    return [
+        {
+            "name": name,
+            "axes": axes_meta,
+            "datasets": datasets,
+            "type": downsampling,
+            "metadata": {"description": f"2x2 {downsampling} downsampling per level, computed chunk-wise"},
+        }
+    ]
+
+
+def create_prediction(
+    path: str | Path,
+    *,
+    n_classes: int,
+    height: int,
+    width: int,
+    chunk: int,
+    levels: int,
+    dtype: str,
+    attrs: dict[str, Any],
+) -> zarr.Group:
+    """Create an empty prediction image (all arrays, all NGFF metadata) at ``path``.
+
+    Arrays are chunked ``chunk`` x ``chunk`` (all classes in one chunk), which is also the unit
+    of work of the writers, so concurrent writers never share a stored chunk.
+    """
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    grids = level_grids(height, width, chunk, levels)
+    root.attrs["ome"] = {
+        "version": NGFF_VERSION,
+        "multiscales": _multiscales("probabilities", ("c", "y", "x"), levels, DOWNSAMPLING[PROBABILITIES]),
+    }
+    root.attrs[ATTRS_KEY] = attrs
+    for level, grid in enumerate(grids):
+        root.create_array(
+            level_path(PROBABILITIES, level),
+            shape=(n_classes, grid.height, grid.width),
+            chunks=(n_classes, chunk, chunk),
+            dtype=dtype,
+            fill_value=0.0,
+            compressors=PROBABILITY_CODEC,
+            dimension_names=["c", "y", "x"],
+        )
+    labels = root.create_group(LABELS)
+    labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": ["semantic", "instances"]}
+    for multiscale, label_dtype, colours in (
+        (SEMANTIC, "uint8", CLASS_COLOURS[: max(n_classes, 1)]),
+        (INSTANCES, "int32", CLASS_COLOURS[:1]),
+    ):
+        group = root.create_group(multiscale)
+        group.attrs["ome"] = {
+            "version": NGFF_VERSION,
+            "multiscales": _multiscales(multiscale.split("/")[-1], ("y", "x"), levels, DOWNSAMPLING[multiscale]),
+            "image-label": {
+                "version": NGFF_VERSION,
+                "colors": [{"label-value": i, "rgba": list(c)} for i, c in enumerate(colours)],
+                "source": {"image": "../../"},
+            },
+        }
+        for level, grid in enumerate(grids):
+            group.create_array(
+                str(level),
+                shape=(grid.height, grid.width),
+                chunks=(chunk, chunk),
+                dtype=label_dtype,
+                fill_value=0,
+                dimension_names=["y", "x"],
+            )
+    return root
+
+
+def _open(root: str, path: str, mode: str = "r") -> zarr.Array:
+    return zarr.open_array(store=root, path=path, mode=mode)
+
+
+# -- pyramids ------------------------------------------------------------------------------------
+def downsample(block: np.ndarray, mode: str) -> np.ndarray:
+    """2x downsampling of the last two axes; odd edges round up.
+
+    ``mean`` averages each 2x2 cell (edge cells of odd images average the pixels they have, by
+    replicating the edge); ``stride`` keeps the top-left pixel, so label ids stay valid ids.
+    """
+    if mode == "stride":
+        return block[..., ::2, ::2]
+    if mode != "mean":
+        raise ValueError(f"unknown downsampling {mode!r}")
+    h, w = block.shape[-2:]
+    data = block.astype("float32", copy=False)
+    if h % 2 or w % 2:
+        data = np.pad(data, [(0, 0)] * (block.ndim - 2) + [(0, h % 2), (0, w % 2)], mode="edge")
+    return (data[..., 0::2, 0::2] + data[..., 1::2, 0::2] + data[..., 0::2, 1::2] + data[..., 1::2, 1::2]) * 0.25
+
+
+def downsample_chunk(root: str, multiscale: str, level: int, region: Box) -> None:
+    """Write ``region`` of pyramid ``level`` from the 2x larger region of ``level - 1``."""
+    src = _open(root, level_path(multiscale, level - 1))
+    dst = _open(root, level_path(multiscale, level), "r+")
+    src_h, src_w = src.shape[-2:]
+    y0, x0 = 2 * region.y0, 2 * region.x0
+    block = src[..., y0 : min(y0 + 2 * region.height, src_h), x0 : min(x0 + 2 * region.width, src_w)]
+    dst[(..., *region.slices)] = downsample(block, DOWNSAMPLING[multiscale]).astype(dst.dtype, copy=False)
+
+
+def pyramid(root: str | Path, multiscale: str, after: Mapping[tuple[int, int], Delayed]) -> list[Delayed]:
+    """Tasks filling levels 1.. of one multiscale from its level 0.
+
+    ``after[index]`` is the task still to write level-0 chunk ``index`` (absent: written). A chunk
+    of level k covers 2x2 chunks of level k-1 (all levels share the chunk edge) and waits only for
+    those, so downsampling runs while other chunks are still being predicted.
+    """
+    root = str(root)
+    semantic = _open(root, level_path(SEMANTIC, 0))
+    grids = level_grids(*semantic.shape, semantic.chunks[-1], len(open_ome_image(root).levels))
+    above: Mapping[tuple[int, int], Delayed] = after
+    tasks: list[Delayed] = []
+    for level in range(1, len(grids)):
+        current = {}
+        for (iy, ix), box in grids[level]:
+            task = dask.delayed(downsample_chunk, pure=False)(root, multiscale, level, box)
+            covered = [(2 * iy + dy, 2 * ix + dx) for dy in (0, 1) for dx in (0, 1)]
+            parents = [above[index] for index in covered if index in above]
+            current[(iy, ix)] = bind(task, parents) if parents else task
+        tasks.extend(current.values())
+        above = current
+    return tasks
+
+
+# -- instance labels -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChunkLabels:
+    """What the merge step needs from one chunk labelled on its own: object count and its borders."""
+
+    count: int
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+
+def _local_labels(root: str, region: Box) -> tuple[np.ndarray, int]:
+    """Chunk-local ids 1..n of the foreground objects of one chunk (deterministic)."""
+    semantic = _open(root, level_path(SEMANTIC, 0))[region.slices]
+    local, count = ndimage.label(semantic > 0, structure=CONNECTIVITY, output=np.int32)
+    return local, int(count)
+
+
+def label_chunk(root: str, region: Box) -> ChunkLabels:
+    """Label one chunk on its own; keep only what the merge needs (labelling again later is
+    cheaper than storing the local ids and reading them back)."""
+    local, count = _local_labels(root, region)
+    return ChunkLabels(count, local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy())
+
+
+@dataclass(frozen=True)
+class ChunkRelabel:
+    """How one chunk's local ids 1..count become final ids (see ``merge_chunk_labels``).
+
+    Provisional id ``p = offset + local``; ids merged into an object of a lower id (``merged``,
+    sorted) take that object's final id (``merged_to``); every other id moves down by the number
+    of merged ids below it (``merged_before`` of them lie in earlier chunks), which numbers the
+    objects 1..N without gaps.
+    """
+
+    offset: int
+    count: int
+    merged_before: int
+    merged: np.ndarray
+    merged_to: np.ndarray
+
+    def lookup(self) -> np.ndarray:
+        """Final id of each local id, at index ``local`` (index 0 is background)."""
+        provisional = self.offset + np.arange(1, self.count + 1, dtype=np.int64)
+        final = provisional - self.merged_before - np.searchsorted(self.merged, provisional)
+        final[self.merged - self.offset - 1] = self.merged_to
+        return np.concatenate([[0], final]).astype(np.int32)
+
+
+def relabel_chunk(root: str, region: Box, relabel: ChunkRelabel) -> None:
+    """Write the final ids of one chunk into instances/0."""
+    local, _ = _local_labels(root, region)
+    _open(root, level_path(INSTANCES, 0), "r+")[region.slices] = relabel.lookup()[local]
+
+
+def merge_chunk_labels(grid: ChunkGrid, chunks: Sequence[ChunkLabels]) -> tuple[list[ChunkRelabel], int]:
+    """Merge objects split by chunk borders: per-chunk relabelling and the number of objects.
+
+    Chunk ``i``'s local id ``j`` is provisionally ``offsets[i] + j``. Foreground pixels facing
+    each other across a chunk border belong to one object, so the connected components of that
+    pair graph are the split objects; each takes its lowest provisional id. Only ids on chunk
+    borders enter the graph, so memory grows with the border objects (at most four chunk edges
+    per chunk), not with the number of objects in the slide.
+    """
+    counts = np.array([c.count for c in chunks], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    ny, nx = grid.shape
+    pairs_a, pairs_b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+
+    def connect(a: np.ndarray, off_a: int, b: np.ndarray, off_b: int) -> None:
+        touching = (a > 0) & (b > 0)
+        pairs_a.append(a[touching].astype(np.int64) + off_a)
+        pairs_b.append(b[touching].astype(np.int64) + off_b)
+
+    for iy in range(ny):
+        for ix in range(nx):
+            i = iy * nx + ix
+            if ix + 1 < nx:
+                connect(chunks[i].right, offsets[i], chunks[i + 1].left, offsets[i + 1])
+            if iy + 1 < ny:
+                connect(chunks[i].bottom, offsets[i], chunks[i + nx].top, offsets[i + nx])
+    a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
+    border_ids = np.unique(np.concatenate([a, b]))  # sorted
+    n = border_ids.size
+    graph = sparse.coo_matrix(
+        (np.ones(a.size, np.int8), (np.searchsorted(border_ids, a), np.searchsorted(border_ids, b))), shape=(n, n)
+    )
+    _, component = connected_components(graph, directed=False)
+    # border_ids is sorted, so the first member of each component is its lowest id: the root
+    _, first = np.unique(component, return_index=True)
+    root = border_ids[first][component]
+    is_merged = root != border_ids
+    merged, merged_root = border_ids[is_merged], root[is_merged]
+    merged_to = merged_root - np.searchsorted(merged, merged_root)  # a root is never merged itself
+    relabels = []
+    for off, count in zip(offsets.tolist(), counts.tolist()):
+        lo, hi = np.searchsorted(merged, [off + 1, off + count + 1])
+        relabels.append(ChunkRelabel(off, count, int(lo), merged[lo:hi], merged_to[lo:hi]))
+    return relabels, int(counts.sum()) - int(merged.size)
+
+
+def instance_labels(
+    root: str | Path, after: Mapping[tuple[int, int], Delayed]
+) -> tuple[Delayed, dict[tuple[int, int], Delayed]]:
+    """Tasks labelling the foreground (semantic > 0) into instances/0.
+
+    Returns the task giving the object count and, per chunk, the task writing its final ids.
+    Each chunk is labelled once its semantic chunk is written (``after[index]``, when given),
+    the border merge waits for all of them, then every chunk is relabelled. Memory is a few
+    chunks plus the ids on chunk borders.
+    """
+    root = str(root)
+    semantic = _open(root, level_path(SEMANTIC, 0))
+    grid = ChunkGrid(*semantic.shape, semantic.chunks[-1])
+    labelled = []
+    for index, box in grid:
+        task = dask.delayed(label_chunk, pure=False)(root, box)
+        labelled.append(bind(task, after[index]) if index in after else task)
+    relabels, n_objects = dask.delayed(merge_chunk_labels, nout=2, pure=False)(grid, labelled)
+    relabelled = {
+        index: dask.delayed(relabel_chunk, pure=False)(root, box, relabels[i]) for i, (index, box) in enumerate(grid)
+    }
+    return bind(n_objects, list(relabelled.values())), relabelled
+
+
+# -- reading -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OmeImage:
+    """An opened NGFF multiscale image: its levels (largest first), axis names and scales."""
+
+    group: zarr.Group
+    levels: list[zarr.Array]
+    axes: list[str]
+    scales: list[list[float]]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The unetflow attributes (empty for images written by others)."""
+        return dict(self.group.attrs.get(ATTRS_KEY, {}))
+
+    def label_names(self) -> list[str]:
+        """Names of the NGFF label images of this image."""
+        if LABELS not in self.group:
+            return []
+        return list(self.group[LABELS].attrs.get("ome", {}).get("labels", []))
+
+    def label(self, name: str) -> OmeImage:
+        """The NGFF label image ``name`` (e.g. ``semantic`` or ``instances``)."""
+        if name not in self.label_names():
+            raise StoreError(f"{self.group.store}: no label image {name!r}; found {self.label_names()}")
+        return _read_multiscale(self.group[f"{LABELS}/{name}"], f"{self.group.store}/{LABELS}/{name}")
+
+
+def _read_multiscale(group: zarr.Group, where: str) -> OmeImage:
+    ome = group.attrs.get("ome")
+    if not isinstance(ome, dict) or "multiscales" not in ome:
+        raise StoreError(f"{where}: not an OME-Zarr image (no 'ome.multiscales' attributes)")
+    if ome.get("version") != NGFF_VERSION:
+        raise StoreError(f"{where}: OME-Zarr version {ome.get('version')!r}, expected {NGFF_VERSION!r}")
+    multiscale = ome["multiscales"][0]
+    datasets = multiscale["datasets"]
+    scales = [next(t["scale"] for t in d["coordinateTransformations"] if t["type"] == "scale") for d in datasets]
+    return OmeImage(
+        group=group,
+        levels=[group[d["path"]] for d in datasets],
+        axes=[a["name"] for a in multiscale["axes"]],
+        scales=scales,
+    )
+
+
+def open_ome_image(path: str | Path) -> OmeImage:
+    """Open an NGFF 0.5 image group read-only (a prediction, or any OME-Zarr 0.5 image)."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: OME-Zarr image does not exist")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store folder
+        raise StoreError(f"{path}: not a zarr group ({exc})") from exc
+    return _read_multiscale(group, str(path))

@@ -1,0 +1,562 @@
+"""Overlap-tile inference of a trained U-Net over zarr images of any size, scheduled by dask.
+
+The output is cut into chunks (``ChunkGrid``); one dask task per chunk reads the chunk's input
+block with its context halo (mirror-padded at the image border by ``read_window``), cuts it into
+aligned tiles (``TileLayout``), runs them through the model in batches, stitches the valid
+outputs by pure cropping and writes exactly one zarr chunk of probabilities and of argmax labels.
+Because the network uses valid convolutions and tiles sit on its pooling grid, the result equals
+whole-image inference; because each task holds one chunk, memory is bounded by the chunk size
+and the number of chunks in flight, never by the slide.
+
+Work happens in ``<out>.partial``. A task marks its chunk done (an empty file) only after its
+writes returned, so a killed run, rerun with the same model, image and settings, skips the chunks
+already written. Instance labels and pyramid levels are derived chunk-wise from level 0 at the
+end, and only then is ``<out>.partial`` renamed to ``<out>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import torch
+import zarr
+
+from unetflow.config import stage_settings
+from unetflow.devices import pick_device
+from unetflow.io.errors import InputError
+from unetflow.io.ome_zarr import (
+    CONNECTIVITY,
+    INSTANCES,
+    PROBABILITIES,
+    SEMANTIC,
+    create_prediction,
+    instance_labels,
+    level_path,
+    open_ome_image,
+    pyramid,
+)
+from unetflow.model import BEST, UNet, load_model
+from unetflow.store import ATTRS_KEY, IMAGES, open_store, split_names, store_meta
+from unetflow.tiling import Box, ChunkGrid, TileLayout, align_up, read_window
+
+log = logging.getLogger(__name__)
+
+DONE_DIR = ".chunks-done"  # chunk completion markers inside a partial prediction
+PARTIAL = ".partial"
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """The ``predict`` config section (see the schema for each key's meaning)."""
+
+    device: str
+    tile: int
+    chunk: int
+    batch_size: int
+    dtype: str
+    tta: bool
+    pyramid_levels: int
+    scheduler: str
+    address: str | None
+    n_workers: int
+    threads_per_worker: int
+    chunks_in_flight: int
+    num_threads: int
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None = None) -> PredictOptions:
+        """Validate a (partial) ``predict`` section and fill the schema defaults."""
+        filled = stage_settings("predict", settings_json=json.dumps(settings or {}))
+        return cls(**{f.name: filled[f.name] for f in dataclasses.fields(cls)})
+
+
+# -- geometry of a model -------------------------------------------------------------------------
+def tile_layout(model: UNet, tile: int, chunk: int, height: int, width: int) -> TileLayout:
+    """The overlap-tile layout of ``model`` for an image: tile edge, context margin, alignment.
+
+    The tile is the smallest valid output edge >= the requested one, but never larger than needed
+    for the chunk or the image. A same-padded net has no margin of its own; it gets the context
+    of its valid twin (rounded to the pooling stride), which is its receptive-field radius, so
+    zero padding at tile edges cannot reach the kept centre and tiling stays seamless too.
+    """
+    align = 2 ** (model.depth - 1)
+    wanted = max(align, min(tile, chunk, max(height, width)))
+    out = model.valid_output_size(wanted)
+    if model.padding == "valid":
+        margin = model.margin
+    else:
+        twin = UNet(in_channels=1, n_classes=2, depth=model.depth, base_channels=1, padding="valid")
+        margin = align_up(twin.margin + align, align)
+    return TileLayout(tile=out, margin=margin, align=align)
+
+
+# -- the model on a device, shared by the threads of a process -----------------------------------
+DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
+"""The 8 symmetries of a square: ``k`` quarter turns after an optional horizontal flip."""
+
+
+def dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Apply one of ``DIHEDRAL`` to the last two axes."""
+    return torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
+
+
+def undihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Undo ``dihedral(x, k, flip)``."""
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+class TilePredictor:
+    """Class probabilities for batches of input windows.
+
+    One instance per process and device is shared by all dask threads. Forwards are serialised
+    by a lock: the model then uses every core (or the whole GPU) for one batch while the other
+    threads read and write chunks, and peak activation memory is one batch's, not one per thread.
+    """
+
+    def __init__(self, model: UNet, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.n_classes = int(model.config["n_classes"])
+        self._lock = threading.Lock()
+
+    def __call__(self, windows: np.ndarray, tta: bool = False) -> np.ndarray:
+        """(N, C, s, s) float32 windows -> (N, n_classes, t, t) float32 probabilities.
+
+        With ``tta`` the probabilities are averaged over the 8 flips/90-degree rotations. A tile
+        on the pooling grid stays on it under these maps (valid input edges differ by multiples
+        of the stride), so tiled TTA still equals whole-image TTA.
+        """
+        with self._lock, torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device, non_blocking=True)
+            if not tta:
+                probs = torch.softmax(self.model(x), dim=1)
+            else:
+                probs = sum(
+                    undihedral(torch.softmax(self.model(dihedral(x, k, flip)), dim=1), k, flip)
+                    for k, flip in DIHEDRAL
+                ) / len(DIHEDRAL)
+            return probs.float().cpu().numpy()
+
+
+def checkpoint_file(model_path: str | Path) -> Path:
+    """The checkpoint a model path means: the file itself, or a model directory's best.pt."""
+    path = Path(model_path)
+    return path / BEST if path.is_dir() else path
+
+
+_PREDICTOR_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _load_predictor(checkpoint: str, mtime_ns: int, device: str, torch_threads: int) -> TilePredictor:
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    return TilePredictor(load_model(checkpoint, device), torch.device(device))
+
+
+def shared_predictor(model_path: str, device: str, torch_threads: int = 0) -> TilePredictor:
+    """The process-wide predictor of a checkpoint: loaded once per process (per dask worker)."""
+    checkpoint = checkpoint_file(model_path)
+    with _PREDICTOR_LOCK:
+        return _load_predictor(str(checkpoint), checkpoint.stat().st_mtime_ns, device, torch_threads)
+
+
+# -- one chunk -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChunkJob:
+    """Everything one chunk task needs, as plain values (it is shipped to dask workers)."""
+
+    image_store: str
+    image_array: str
+    out_store: str
+    model_path: str
+    device: str
+    torch_threads: int
+    layout: TileLayout
+    index: tuple[int, int]
+    region: Box
+    batch_size: int
+    tta: bool
+    cached_chunks: int
+
+
+def marker(out_store: str | Path, index: tuple[int, int]) -> Path:
+    """The completion marker of output chunk ``index``."""
+    return Path(out_store) / DONE_DIR / f"{index[0]}.{index[1]}"
+
+
+def predict_region(
+    predictor: TilePredictor, image: Any, layout: TileLayout, region: Box, batch_size: int, tta: bool
+) -> np.ndarray:
+    """Probabilities (n_classes, h, w) of ``region`` of a (C, Y, X) image, by overlap-tile.
+
+    Reads one input block (region plus halo, mirrored outside the image), runs its tiles in
+    batches and keeps of each tile only the part inside the region (tiles overlap by less than
+    the pooling stride and agree there, so cropping is all the stitching there is).
+    """
+    block_box = layout.block(region)
+    block = read_window(image, block_box.y0, block_box.x0, block_box.height, block_box.width)
+    block = block.astype(np.float32, copy=False)
+    tiles = layout.tiles(region)
+    out = np.empty((predictor.n_classes, region.height, region.width), dtype=np.float32)
+    for start in range(0, len(tiles), batch_size):
+        batch = tiles[start : start + batch_size]
+        windows = np.stack([block[(..., *layout.window(t).relative_to(block_box).slices)] for t in batch])
+        probs = predictor(windows, tta)
+        crop = (probs.shape[-1] - layout.tile) // 2  # a same-padded net also returns the context
+        for tile, tile_probs in zip(batch, probs[..., crop : crop + layout.tile, crop : crop + layout.tile]):
+            part = tile.intersection(region)
+            if part is not None:
+                out[(..., *part.relative_to(region).slices)] = tile_probs[(..., *part.relative_to(tile).slices)]
+    return out
+
+
+def argmax_classes(probs: np.ndarray) -> np.ndarray:
+    """``probs.argmax(axis=0)`` as uint8 (ties to the lower class), class by class: several times
+    faster than numpy's argmax over the first axis of a large (K, Y, X) array."""
+    best = probs[0].copy()
+    labels = np.zeros(probs.shape[1:], dtype=np.uint8)
+    for k in range(1, probs.shape[0]):
+        better = probs[k] > best
+        np.copyto(labels, k, where=better)
+        np.maximum(best, probs[k], out=best)
+    return labels
+
+
+class CachedChunks:
+    """Read-only view of a (C, Y, X) zarr array that keeps the most recently decoded chunks.
+
+    Neighbouring output chunks read overlapping input blocks (chunk plus context halo) and zarr
+    decodes whole chunks, so without a cache an interior input chunk is decoded for each of the
+    nine output chunks around it; keeping the last ``capacity`` chunks lets consecutive tasks of
+    a row share them. Supports the ``[..., y0:y1, x0:x1]`` reads of ``read_window``.
+    """
+
+    def __init__(self, array: zarr.Array, capacity: int) -> None:
+        self.array = array
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.capacity = capacity
+        self._chunk_y, self._chunk_x = array.chunks[-2:]
+        self._decoded: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _chunk(self, cy: int, cx: int) -> np.ndarray:
+        with self._lock:
+            if (cy, cx) in self._decoded:
+                self._decoded.move_to_end((cy, cx))
+                return self._decoded[(cy, cx)]
+        y0, x0 = cy * self._chunk_y, cx * self._chunk_x
+        data = self.array[..., y0 : y0 + self._chunk_y, x0 : x0 + self._chunk_x]
+        with self._lock:
+            self._decoded[(cy, cx)] = data
+            while len(self._decoded) > self.capacity:
+                self._decoded.popitem(last=False)
+        return data
+
+    def __getitem__(self, index: tuple[Any, slice, slice]) -> np.ndarray:
+        _, rows, cols = index
+        wanted = Box(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
+        out = np.empty((*self.shape[:-2], wanted.height, wanted.width), dtype=self.dtype)
+        for cy in range(wanted.y0 // self._chunk_y, (wanted.y1 - 1) // self._chunk_y + 1):
+            for cx in range(wanted.x0 // self._chunk_x, (wanted.x1 - 1) // self._chunk_x + 1):
+                chunk = Box(cy * self._chunk_y, cx * self._chunk_x, self._chunk_y, self._chunk_x)
+                part = chunk.intersection(wanted)  # never None: only chunks under ``wanted`` are visited
+                assert part is not None
+                out[(..., *part.relative_to(wanted).slices)] = self._chunk(cy, cx)[(..., *part.relative_to(chunk).slices)]
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_image(store: str, path: str, written_ns: int, capacity: int) -> CachedChunks:
+    return CachedChunks(zarr.open_array(store=store, path=path, mode="r"), capacity)
+
+
+def shared_image(job: ChunkJob) -> CachedChunks:
+    """The input image of a job with a decoded-chunk cache shared by the threads of a process."""
+    written = (Path(job.image_store) / job.image_array / "zarr.json").stat().st_mtime_ns
+    return _cached_image(job.image_store, job.image_array, written, job.cached_chunks)
+
+
+def cache_capacity(input_chunks: Sequence[int], layout: TileLayout, chunk: int) -> int:
+    """Input chunks to keep decoded: those under two input blocks of a full output chunk.
+
+    Enough for the next task in a row to reuse the chunks it shares with the previous one (two
+    thirds of them when input and output chunks are equal), at the memory of about two blocks.
+    """
+    block = layout.block(Box(0, 0, chunk, chunk))
+    return 2 * (block.height // input_chunks[-2] + 2) * (block.width // input_chunks[-1] + 2)
+
+
+def predict_chunk(job: ChunkJob) -> None:
+    """Predict one output chunk, write its probabilities and argmax, then mark it done."""
+    predictor = shared_predictor(job.model_path, job.device, job.torch_threads)
+    image = shared_image(job)
+    probs = predict_region(predictor, image, job.layout, job.region, job.batch_size, job.tta)
+    out_probs = zarr.open_array(store=job.out_store, path=level_path(PROBABILITIES, 0), mode="r+")
+    out_probs[(..., *job.region.slices)] = probs.astype(out_probs.dtype, copy=False)
+    out_labels = zarr.open_array(store=job.out_store, path=level_path(SEMANTIC, 0), mode="r+")
+    out_labels[job.region.slices] = argmax_classes(probs)
+    marker(job.out_store, job.index).touch()
+
+
+# -- scheduling ----------------------------------------------------------------------------------
+class DaskRunner:
+    """Runs lists of ``dask.delayed`` tasks on the configured scheduler, with progress on stderr.
+
+    ``threads`` (default) uses dask's threaded scheduler with ``chunks_in_flight`` threads;
+    ``distributed`` connects to ``address`` or starts a ``LocalCluster`` of ``n_workers``
+    processes with ``threads_per_worker`` threads each (torch in each worker uses that many
+    threads). Use as a context manager so a started cluster is shut down.
+    """
+
+    def __init__(self, options: PredictOptions) -> None:
+        self.options = options
+        self.client: Any = None
+        self._cluster: Any = None
+
+    @property
+    def torch_threads(self) -> int:
+        """torch threads a chunk task sets in its process (0 = leave the process's setting)."""
+        if self.options.scheduler == "distributed" and self.options.address is None:
+            return self.options.threads_per_worker
+        return 0
+
+    def __enter__(self) -> DaskRunner:
+        if self.options.scheduler == "distributed":
+            from distributed import Client, LocalCluster
+
+            if self.options.address:
+                self.client = Client(self.options.address, set_as_default=False)
+            else:
+                self._cluster = LocalCluster(
+                    n_workers=self.options.n_workers,
+                    threads_per_worker=self.options.threads_per_worker,
+                    processes=True,
+                    dashboard_address=None,
+                )
+                self.client = Client(self._cluster, set_as_default=False)
+            log.info("dask.distributed scheduler at %s", self.client.scheduler.address)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        self.client = self._cluster = None
+
+    def __call__(self, tasks: Sequence[Any], label: str) -> list[Any]:
+        """Compute ``tasks`` (``dask.delayed`` objects) and return their results in order."""
+        if not tasks:
+            return []
+        log.info("%s", label)
+        if self.client is None:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar(out=sys.stderr):
+                return list(dask.compute(*tasks, scheduler="threads", num_workers=self.options.chunks_in_flight))
+        from distributed import progress
+
+        futures = self.client.compute(list(tasks))
+        with contextlib.redirect_stdout(sys.stderr):
+            progress(futures, scheduler=self.client.scheduler.address)
+        return self.client.gather(futures)
+
+
+@contextlib.contextmanager
+def _runner(options: PredictOptions, runner: DaskRunner | None) -> Iterator[DaskRunner]:
+    """The caller's runner (e.g. one cluster for all images of a store), or a new one."""
+    if runner is not None:
+        yield runner
+        return
+    with DaskRunner(options) as own:
+        yield own
+
+
+# -- one image -----------------------------------------------------------------------------------
+def _fingerprint(checkpoint: Path, image_store: Path, image_array: zarr.Array, options: PredictOptions) -> str:
+    """Identity of a prediction: model bytes, input image and the settings that change outputs.
+
+    A partial output is resumed only if this matches, so chunks from another model, image or
+    tiling are never mixed into a result. The image is identified by its store's metadata and
+    the time its array was written (a re-ingested store is a new folder), not by hashing pixels.
+    """
+    digest = hashlib.sha256()
+    with checkpoint.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    written = (image_store / image_array.path / "zarr.json").stat().st_mtime_ns
+    relevant = {k: getattr(options, k) for k in ("tile", "chunk", "dtype", "tta", "pyramid_levels")}
+    identity = [str(image_store.resolve()), image_array.path, list(image_array.shape), written, relevant]
+    digest.update(json.dumps(identity, sort_keys=True).encode())
+    digest.update(json.dumps(store_meta(zarr.open_group(str(image_store), mode="r")), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _load_for_checks(model_path: Path) -> UNet:
+    """The model on the CPU, or an InputError naming the checkpoint and what is wrong with it."""
+    checkpoint = checkpoint_file(model_path)
+    if not checkpoint.is_file():
+        raise InputError(model_path, "no model checkpoint", f"a model directory with {BEST} or a .pt file")
+    try:
+        return load_model(checkpoint, "cpu")
+    except Exception as exc:  # torch.load raises many types for a torn, foreign or mismatched file
+        raise InputError(checkpoint, f"cannot load the model ({exc})", "a checkpoint written by unetflow") from exc
+
+
+def predict_image(
+    model_path: str | Path,
+    image_store: str | Path,
+    name: str,
+    out: str | Path,
+    options: PredictOptions,
+    runner: DaskRunner | None = None,
+) -> Path:
+    """Predict image ``name`` of a unetflow image store into the OME-Zarr image ``out``.
+
+    Resumes ``<out>.partial`` when it was started with the same model, image and settings;
+    returns at once when ``out`` is already complete with them.
+    """
+    model_path, image_store, out = Path(model_path), Path(image_store), Path(out)
+    group = open_store(image_store)
+    array_path = f"{IMAGES}/{name}"
+    if array_path not in group:
+        raise InputError(image_store, f"no image {name!r}", f"one of {store_meta(group).get('names')}")
+    image = group[array_path]
+    model = _load_for_checks(model_path)
+    channels, height, width = image.shape
+    if channels != model.config["in_channels"]:
+        raise InputError(
+            image_store,
+            f"image {name!r} has {channels} channel(s) but the model {model_path} expects"
+            f" {model.config['in_channels']}",
+            "the model to be trained on images with the same channels as the images to predict",
+        )
+    fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, options)
+    if out.exists() and open_ome_image(out).attrs.get("fingerprint") == fingerprint:
+        log.info("%s: already complete, skipped", out)
+        return out
+    partial = out.with_name(out.name + PARTIAL)
+    layout = tile_layout(model, options.tile, options.chunk, height, width)
+    if not _resumable(partial, fingerprint):
+        shutil.rmtree(partial, ignore_errors=True)
+        create_prediction(
+            partial,
+            n_classes=model.config["n_classes"],
+            height=height,
+            width=width,
+            chunk=options.chunk,
+            levels=options.pyramid_levels,
+            dtype=options.dtype,
+            attrs={
+                "kind": "prediction",
+                "image": name,
+                "source_store": str(image_store),
+                "model": str(model_path),
+                "n_classes": model.config["n_classes"],
+                "tile": layout.tile,
+                "margin": layout.margin,
+                "tta": options.tta,
+                "dtype": options.dtype,
+                "connectivity": int(CONNECTIVITY.sum() - 1),
+                "fingerprint": fingerprint,
+                "complete": False,
+            },
+        )
+        (partial / DONE_DIR).mkdir()
+    device = str(pick_device(options.device))
+    grid = ChunkGrid(height, width, options.chunk)
+    with _runner(options, runner) as run:
+        jobs = [
+            ChunkJob(
+                image_store=str(image_store),
+                image_array=array_path,
+                out_store=str(partial),
+                model_path=str(model_path),
+                device=device,
+                torch_threads=run.torch_threads,
+                layout=layout,
+                index=index,
+                region=box,
+                batch_size=options.batch_size,
+                tta=options.tta,
+                cached_chunks=cache_capacity(image.chunks, layout, options.chunk),
+            )
+            for index, box in grid
+            if not marker(partial, index).exists()
+        ]
+        log.info(
+            "%s: %d of %d chunks to predict (tile %d, margin %d)", name, len(jobs), len(grid), layout.tile, layout.margin
+        )
+        # one graph: labels and pyramid chunks wait only for the chunks they are computed from
+        predicted = {job.index: dask.delayed(predict_chunk, pure=False)(job) for job in jobs}
+        n_objects, relabelled = instance_labels(partial, predicted)
+        downsampled = [
+            *pyramid(partial, PROBABILITIES, predicted),
+            *pyramid(partial, SEMANTIC, predicted),
+            *pyramid(partial, INSTANCES, relabelled),
+        ]
+        try:
+            n_objects, *_ = run([n_objects, *downsampled], f"predict {name}")
+        finally:
+            _cached_image.cache_clear()  # release this image's decoded input chunks
+    root = zarr.open_group(str(partial), mode="r+")
+    root.attrs[ATTRS_KEY] = {**root.attrs[ATTRS_KEY], "n_instances": n_objects, "complete": True}
+    shutil.rmtree(partial / DONE_DIR)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return out
+
+
+def _resumable(partial: Path, fingerprint: str) -> bool:
+    """Whether ``partial`` is an unfinished prediction of exactly this model, image and settings."""
+    if not (partial / DONE_DIR).is_dir():
+        return False
+    try:
+        return open_ome_image(partial).attrs.get("fingerprint") == fingerprint
+    except Exception:  # a store torn by a kill during creation is simply started again
+        return False
+
+
+def predict_store(
+    model_path: str | Path, image_store: str | Path, out_dir: str | Path, split: str, options: PredictOptions
+) -> Path:
+    """Predict every image of ``split`` into ``<out_dir>/<name>.ome.zarr``.
+
+    The folder is assembled in ``<out_dir>.partial`` (which survives a killed run, so a rerun
+    resumes it) and renamed to ``out_dir`` once every image is complete.
+    """
+    out_dir = Path(out_dir)
+    names = split_names(open_store(image_store), split)
+    staging = out_dir.with_name(out_dir.name + PARTIAL)
+    staging.mkdir(parents=True, exist_ok=True)
+    with DaskRunner(options) as runner:
+        for name in names:
+            predict_image(model_path, image_store, name, staging / f"{name}.ome.zarr", options, runner)
+    expected = {f"{name}.ome.zarr" for name in names}
+    for leftover in staging.iterdir():  # images of an earlier, different run of this folder
+        if leftover.name not in expected:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return out_dir
