@@ -69,15 +69,21 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
+def open_group_readonly(path: str | Path) -> zarr.Group:
+    """Open any zarr group read-only, turning "missing" and "not zarr" into a StoreError."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: does not exist")
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store folder
+        raise StoreError(f"{path}: not a zarr group ({exc})") from exc
+
+
 def open_store(path: str | Path, kind: str | None = None) -> zarr.Group:
     """Open a finished unetflow store read-only, checking that it is of ``kind``."""
     path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: store does not exist")
-    try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for a non-store folder
-        raise StoreError(f"{path}: not a zarr group ({exc})") from exc
+    group = open_group_readonly(path)
     meta = group.attrs.get(ATTRS_KEY)
     if meta is None:
         raise StoreError(f"{path}: not a unetflow store (no '{ATTRS_KEY}' attributes)")

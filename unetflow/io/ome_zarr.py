@@ -33,7 +33,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 from zarr.codecs import BloscCodec
 
-from unetflow.store import ATTRS_KEY, StoreError
+from unetflow.store import ATTRS_KEY, StoreError, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
 
 NGFF_VERSION = "0.5"
@@ -385,11 +385,4 @@ def _read_multiscale(group: zarr.Group, where: str) -> OmeImage:
 
 def open_ome_image(path: str | Path) -> OmeImage:
     """Open an NGFF 0.5 image group read-only (a prediction, or any OME-Zarr 0.5 image)."""
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: OME-Zarr image does not exist")
-    try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for a non-store folder
-        raise StoreError(f"{path}: not a zarr group ({exc})") from exc
-    return _read_multiscale(group, str(path))
+    return _read_multiscale(open_group_readonly(path), str(path))
