@@ -215,3 +215,54 @@ def test_overview_figure_is_written(tmp_path):
     settings = json.dumps({"synthetic": {"n_images": 3, "size": 64}})
     assert main(["ingest", "dataset", str(out), "--settings", settings, "--preview", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def run_ingest(settings: dict, out: Path, capsys) -> str:
+    """Run the CLI expecting a user error; return stderr after checking nothing was left."""
+    assert main(["ingest", "dataset", str(out), "--settings", json.dumps(settings)]) == 2
+    assert_nothing_left(out)
+    return capsys.readouterr().err
+
+
+def test_stem_collision_is_refused(tmp_path, capsys):
+    write_pairs(tmp_path / "src")
+    tifffile.imwrite(tmp_path / "src" / "image" / "1.tif", np.zeros((40, 48), np.uint8))
+    settings = {"format": "pairs", "path": str(tmp_path / "src"), "image_glob": "image/*", "label_glob": "label/*"}
+    err = run_ingest(settings, tmp_path / "d.zarr", capsys)
+    assert "same stem" in err and "1.tif" in err
+
+
+def test_tiff_stack_errors(tmp_path, capsys):
+    images = np.zeros((3, 16, 16), np.uint8)
+    tifffile.imwrite(tmp_path / "v.tif", images, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "l.tif", np.zeros((2, 16, 16), np.uint8), photometric="minisblack")
+    settings = {"format": "tiff_stack", "path": str(tmp_path / "v.tif"), "label_path": str(tmp_path / "l.tif")}
+    assert "has 2 pages but" in run_ingest(settings, tmp_path / "d.zarr", capsys)
+    data = (tmp_path / "v.tif").read_bytes()
+    (tmp_path / "v.tif").write_bytes(data[:200])  # truncated
+    err = run_ingest(settings, tmp_path / "d.zarr", capsys)
+    assert "v.tif" in err and "cannot be decoded" in err
+
+
+def test_empty_dsb_folder_and_unlabelled_zarr(tmp_path, capsys):
+    (tmp_path / "dsb").mkdir()
+    assert "contains no sample folders" in run_ingest({"format": "dsb", "path": str(tmp_path / "dsb")}, tmp_path / "d.zarr", capsys)
+    zarr.create_array(str(tmp_path / "img.zarr"), data=np.zeros((32, 32), np.uint8))
+    err = run_ingest({"format": "zarr", "path": str(tmp_path / "img.zarr")}, tmp_path / "z.zarr", capsys)
+    assert "label_path is not set" in err
+
+
+def test_hold_out_that_the_data_cannot_give_is_an_error():
+    with pytest.raises(InputError, match="at least 2 images"):
+        make_split(["only"], {"val_fraction": 0.2, "seed": 0, "val_indices": None})
+    assert make_split(["only"], {"val_fraction": 0, "seed": 0, "val_indices": None}) == {"train": ["only"], "val": []}
+
+
+def test_slide_uses_the_training_statistics(tmp_path):
+    slide = np.random.default_rng(3).random((1, 300, 200), dtype=np.float32) * 4
+    zarr.create_array(str(tmp_path / "raw.zarr"), data=slide)
+    stats = {"method": "zscore", "mean": [0.5], "std": [2.0]}
+    out = ingest_slide({"name": "s", "format": "zarr", "path": str(tmp_path / "raw.zarr"), "chunk": 128}, 1, "luminance", tmp_path / "s.zarr", stats)
+    group = open_store(out, "dataset")
+    assert group.attrs["unetflow"]["normalization"] == stats
+    assert np.allclose(group["images/s"][:], (slide - 0.5) / 2.0, atol=1e-6)

@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from unetflow.metrics import evaluate_segmentation
-from unetflow.postprocess import connected_components, instances_from_probability, remove_small, watershed
+from unetflow.io.labels import connected_instances as connected_components
+from unetflow.postprocess import remove_small, watershed
 
 
 def two_touching_discs():
@@ -31,8 +32,8 @@ def test_connected_components_are_4_connected():
 
 def test_watershed_on_distance_splits_touching_discs():
     probability, gt, _ = two_touching_discs()
-    assert instances_from_probability(probability).max() == 1  # connected components merge them
-    labels = instances_from_probability(probability, "watershed", source="distance")
+    assert connected_components(probability > 0.5).max() == 1  # connected components merge them
+    labels = watershed(probability, source="distance")
     assert labels.max() == 2
     row = evaluate_segmentation(gt, labels, [0.9])
     assert row["tp@0.9"] == 2 and row["fp@0.9"] == 0
@@ -82,14 +83,12 @@ def test_min_size_applies_to_both_methods():
     probability = np.zeros((12, 12), np.float32)
     probability[1:5, 1:5] = 0.9
     probability[9, 9] = 0.9
-    for method in ("connected_components", "watershed"):
-        assert instances_from_probability(probability, method).max() == 2
-        assert instances_from_probability(probability, method, min_size=2).max() == 1
+    for labels in (connected_components(probability > 0.5), watershed(probability)):
+        assert labels.max() == 2
+        assert remove_small(labels, 2).max() == 1
 
 
-def test_unknown_method_or_source_is_refused():
+def test_unknown_source_is_refused():
     probability = np.zeros((4, 4), np.float32)
-    with pytest.raises(ValueError, match="connected_components"):
-        instances_from_probability(probability, "voronoi")
     with pytest.raises(ValueError, match="distance"):
         watershed(probability, source="gradient")

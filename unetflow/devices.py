@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from unetflow.config import ConfigError
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """Return the requested device; ``auto`` prefers CUDA, then Apple MPS, then the CPU.
@@ -18,7 +20,7 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
+        raise ConfigError("device 'cuda' requested but torch sees no CUDA GPU (use device: auto or cpu)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("device 'mps' requested but MPS is not available")
+        raise ConfigError("device 'mps' requested but MPS is not available (use device: auto or cpu)")
     return torch.device(name)

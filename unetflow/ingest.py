@@ -49,20 +49,31 @@ def _provenance(sources: list[str], settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_split(names: list[str], split: dict[str, Any]) -> dict[str, list[str]]:
-    """Train/validation split: explicit ``val_indices``, or a seeded random ``val_fraction``."""
+    """Train/validation split: explicit ``val_indices``, or a seeded random ``val_fraction``.
+
+    ``val_fraction: 0`` means no hold-out (the workflow then skips evaluation); asking for a
+    hold-out that the data cannot give is an error rather than a silently empty split.
+    """
     n = len(names)
     if split["val_indices"] is not None:
         bad = [i for i in split["val_indices"] if i >= n]
         if bad:
             raise InputError(None, f"dataset.split.val_indices {bad} out of range for {n} images", f"indices 0..{n - 1}")
         val = sorted(set(split["val_indices"]))
-    elif split["val_fraction"] > 0 and n >= 2:
+    elif split["val_fraction"] > 0:
+        if n < 2:
+            raise InputError(
+                None,
+                f"dataset.split.val_fraction is {split['val_fraction']} but the dataset has {n} image",
+                "at least 2 images to hold one out, or val_fraction: 0 (train only, no evaluation)",
+            )
         n_val = min(n - 1, max(1, round(n * split["val_fraction"])))
         val = sorted(np.random.default_rng(split["seed"]).permutation(n)[:n_val].tolist())
     else:
         val = []
     if len(val) == n:
         raise InputError(None, "the split leaves no training image", "at least one training image")
+
     return {"train": [nm for i, nm in enumerate(names) if i not in val], "val": [names[i] for i in val]}
 
 
@@ -99,11 +110,16 @@ def ingest_dataset(settings: dict[str, Any], out: str | Path) -> Path:
     )
 
 
-def ingest_slide(slide: dict[str, Any], channels: int, rgb_rule: str, out: str | Path) -> Path:
+def ingest_slide(
+    slide: dict[str, Any], channels: int, rgb_rule: str, out: str | Path, normalization: dict[str, Any] | None = None
+) -> Path:
     """Write one unlabelled slide store, streaming: the slide is never held in memory whole.
 
-    A synthetic slide is first generated as a raw zarr array beside ``out`` (removed afterwards),
-    then ingested like any zarr source.
+    ``normalization`` should be the training dataset's statistics (the workflow passes them):
+    the network must see slide pixels scaled exactly like its training pixels, and a whole slide
+    that is mostly empty glass has very different statistics of its own. Without it the slide's
+    own statistics are used. A synthetic slide is first generated as a raw zarr array beside
+    ``out`` (removed afterwards), then ingested like any zarr source.
     """
     out = Path(out)
     raw_path = None
@@ -123,6 +139,7 @@ def ingest_slide(slide: dict[str, Any], channels: int, rgb_rule: str, out: str |
             {slide["name"]: image},
             None,
             split={"train": [], "val": []},
+            normalization=normalization,
             chunk=slide["chunk"],
             provenance=_provenance([source], {**slide, "channels": channels, "rgb_rule": rgb_rule}),
         )

@@ -24,14 +24,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential
 from skimage.segmentation import watershed as flood
 
-METHODS = ("connected_components", "watershed")
 SOURCES = ("distance", "probability")
-
-
-def connected_components(foreground: np.ndarray) -> np.ndarray:
-    """int32 labels of the 4-connected regions of a boolean mask (as Fiji's ISBI scoring)."""
-    labels, _ = ndimage.label(np.asarray(foreground, dtype=bool))
-    return labels.astype(np.int32, copy=False)
 
 
 def watershed(
@@ -75,25 +68,3 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
         small[0] = False
         labels = np.where(small[labels], 0, labels)
     return relabel_sequential(labels.astype(np.int32, copy=False))[0]
-
-
-def instances_from_probability(
-    probability: np.ndarray,
-    method: str = "connected_components",
-    *,
-    min_size: int = 0,
-    threshold: float = 0.5,
-    source: str = "distance",
-    h_distance: float = 2.0,
-    h_probability: float = 0.1,
-) -> np.ndarray:
-    """Objects of a (Y, X) foreground probability by ``method``, small ones removed."""
-    if method == "connected_components":
-        labels = connected_components(np.asarray(probability) > threshold)
-    elif method == "watershed":
-        labels = watershed(
-            probability, threshold=threshold, source=source, h_distance=h_distance, h_probability=h_probability
-        )
-    else:
-        raise ValueError(f"postprocess method must be one of {METHODS}, got {method!r}")
-    return remove_small(labels, min_size)

@@ -11,6 +11,7 @@ non-determinism). ``best.pt`` holds the weights with the best validation foregro
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import random
@@ -97,6 +98,9 @@ class Trainer:
 
         data = open_store(data_store, "dataset")
         self.meta = store_meta(data)
+        # What the run trains on: re-ingested data or recomputed weight maps (new provenance or
+        # settings in their attributes) must start a fresh run, never resume an old one.
+        self.inputs = {"data": self.meta, "weights": store_meta(open_store(weights_store, "weights"))}
         self.model = UNet(in_channels=int(self.meta["channels"]), **model_settings).to(self.device)
         self.out_size = self.model.valid_output_size(cfg["tile"])
         self.in_size = self.model.input_size(self.out_size)
@@ -144,12 +148,7 @@ class Trainer:
         loss = weighted_cross_entropy(logits, target, weight)
         value = loss.item()
         if not math.isfinite(value):
-            last = self.work_dir / LAST
-            kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"training loss became {value} at step {self.step + 1}; {kept}. "
-                "Lower train.lr (or set train.amp: false) and run again."
-            )
+            self._diverged(f"training loss became {value} at step {self.step + 1}")
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -201,8 +200,19 @@ class Trainer:
         if "cuda" in state:
             torch.cuda.set_rng_state_all(state["cuda"])
 
+    def _diverged(self, what: str) -> None:
+        last = self.work_dir / LAST
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(f"{what}; {kept}. Lower train.lr (or set train.amp: false) and run again.")
+
     def save_last(self) -> None:
-        """Checkpoint everything needed to resume, then the metrics table it corresponds to."""
+        """Checkpoint everything needed to resume, then the metrics table it corresponds to.
+
+        A finite loss does not guarantee finite weights (one exploding update), so the weights are
+        checked before they may replace the last good checkpoint.
+        """
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self._diverged(f"model weights became non-finite by step {self.step}")
         save_checkpoint(
             self.work_dir / LAST,
             self.model,
@@ -213,6 +223,7 @@ class Trainer:
             history=self.history,
             rng=self._rng_state(),
             settings=self.settings,
+            inputs=json.dumps(self.inputs, sort_keys=True),
         )
         self.write_metrics()
 
@@ -229,6 +240,9 @@ class Trainer:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         if checkpoint.get("settings") != self.settings:
             log.warning("%s was written with other settings; starting afresh", path)
+            return False
+        if checkpoint.get("inputs") != json.dumps(self.inputs, sort_keys=True):
+            log.warning("%s was trained on other data or weight maps; starting afresh", path)
             return False
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])

@@ -79,7 +79,15 @@ def natural_key(text: str) -> list[Any]:
 
 
 def _files_by_stem(root: Path, pattern: str) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(root.glob(pattern)) if p.is_file()}
+    """Files matching ``pattern`` keyed by stem; two files with one stem (a.png, a.tif) are an error."""
+    found: dict[str, Path] = {}
+    for path in sorted(root.glob(pattern)):
+        if not path.is_file():
+            continue
+        if path.stem in found:
+            raise InputError(path, f"has the same stem as {found[path.stem]}", f"one file per stem matching {pattern!r}")
+        found[path.stem] = path
+    return found
 
 
 def read_pairs(settings: dict[str, Any]) -> list[Sample]:
@@ -180,14 +188,12 @@ def open_tiff_lazily(path: str | Path) -> da.Array:
 
 
 def read_zarr_dataset(settings: dict[str, Any]) -> list[Sample]:
-    """One image from an existing zarr/OME-Zarr store, with an optional label array beside it."""
+    """One image from an existing zarr/OME-Zarr store and its label array (``label_path``)."""
     path = _require_path(settings["path"], "path")
     image = to_channels_first(open_zarr_image(path), settings["channels"], settings["rgb_rule"], path)
-    label = None
-    if settings["label_path"]:
-        label_path = _require_path(settings["label_path"], "label_path")
-        label = to_instances(np.asarray(open_zarr_image(label_path)).squeeze(), settings["labels"], settings["foreground_value"], label_path)
-        _check_same_shape(image, label, path, label_path)
+    label_path = _require_path(settings["label_path"], "label_path")  # training needs labels
+    label = to_instances(np.asarray(open_zarr_image(label_path)).squeeze(), settings["labels"], settings["foreground_value"], label_path)
+    _check_same_shape(image, label, path, label_path)
     return [Sample(path.stem.split(".")[0], image.astype(np.float32), label, [str(path)])]
 
 

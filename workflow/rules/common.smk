@@ -66,5 +66,12 @@ def log_path(name):
     return f"{RESULTS}/logs/{DATASET}/{RUN}/{name}.log"
 
 
+def holds_out_images():
+    """Whether the config asks for a validation split (val_fraction 0 means train on everything)."""
+    split = config["dataset"]["split"]
+    return bool(split["val_indices"]) or split["val_fraction"] > 0
+
+
 def final_outputs():
-    return [evaluation_dir()] + [slide_predictions(s) for s in SLIDES]
+    evaluation = [evaluation_dir()] if holds_out_images() else [model_dir()]
+    return evaluation + [slide_predictions(s) for s in SLIDES]

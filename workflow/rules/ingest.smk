@@ -25,6 +25,8 @@ rule ingest_dataset:
 
 
 rule ingest_slide:
+    input:
+        data_store(),
     output:
         directory(slide_store()),
     params:
@@ -45,4 +47,4 @@ rule ingest_slide:
         mem_mb=4000,
         runtime=120,
     shell:
-        "python -m unetflow ingest slide {output:q} --settings {params.settings:q} > {log} 2>&1"
+        "python -m unetflow ingest slide {output:q} --normalization-from {input:q} --settings {params.settings:q} > {log} 2>&1"
