@@ -7,6 +7,8 @@ CORES ?= 2
 # torch is pinned here (the build this machine carries; an open range would pull several GB of
 # CUDA wheels); the package itself only asks for a range.
 TORCH := torch==2.13.0
+# Optional: an index for torch alone, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: install run test test-fast bench lint clean
 
@@ -15,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -m pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -e ".[test,bench,cluster]"
 	# The benchmarks' baseline: PyPI's elasticdeform 0.5.1 wheels were built against NumPy 1 and
 	# fail to import under NumPy 2, so it is compiled from source against the installed NumPy.

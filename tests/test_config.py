@@ -55,3 +55,12 @@ def test_snakemake_validation_names_the_key():
 
     with pytest.raises(WorkflowError, match="stpes"):
         validate({"train": {"stpes": 1}}, str(ROOT / "workflow/schemas/config.schema.yaml"), set_default=True)
+
+
+def test_config_files_layer_like_snakemake(tmp_path):
+    base, mine = tmp_path / "config.yaml", tmp_path / "my.yaml"
+    base.write_text(yaml.safe_dump({"dataset": {"chunk": 256, "split": {"val_fraction": 0.25}}}))
+    mine.write_text(yaml.safe_dump({"dataset": {"format": "pairs", "split": {"seed": 4}}}))
+    layered = stage_settings("dataset", config_path=[str(base), str(mine)])
+    assert layered["chunk"] == 256 and layered["format"] == "pairs"
+    assert layered["split"] == {"val_fraction": 0.25, "seed": 4, "val_indices": None}

@@ -66,23 +66,44 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     return filled
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file, validate it and fill defaults."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping, found {type(data).__name__}")
-    return validate_config(data)
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update`` recursively (nested mappings merged, everything else replaced),
+    which is how Snakemake layers ``--configfile`` over the Snakefile's ``configfile:``."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
-def stage_settings(section: str, settings_json: str | None = None, config_path: str | None = None) -> dict[str, Any]:
+def load_config(*paths: str | Path) -> dict[str, Any]:
+    """Read YAML config files, later ones layered over earlier ones, validate and fill defaults.
+
+    ``load_config("config/config.yaml", "my.yaml")`` gives what ``snakemake --configfile my.yaml``
+    uses, since the Snakefile always reads config/config.yaml first.
+    """
+    merged: dict[str, Any] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        with path.open() as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, found {type(data).__name__}")
+        merged = deep_merge(merged, data)
+    return validate_config(merged)
+
+
+def stage_settings(
+    section: str, settings_json: str | None = None, config_path: str | list[str] | None = None
+) -> dict[str, Any]:
     """Return one config section with defaults, from a JSON string or a config file.
 
-    ``settings_json`` is what a Snakemake rule passes (its ``params``); ``config_path`` lets a user
-    run a stage by hand against their config file. With neither, the schema defaults are used.
+    ``settings_json`` is what a Snakemake rule passes (its ``params``); ``config_path`` (one file
+    or several, layered in order) lets a user run a stage by hand against their config files.
+    With neither, the schema defaults are used.
     """
     schema = load_schema()
     if section not in schema["properties"]:
@@ -93,8 +114,9 @@ def stage_settings(section: str, settings_json: str | None = None, config_path: 
             value = json.loads(settings_json)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--settings is not valid JSON: {exc}") from exc
-    elif config_path is not None:
-        value = load_config(config_path).get(section, sub.get("default"))
+    elif config_path:
+        paths = [config_path] if isinstance(config_path, str) else config_path
+        value = load_config(*paths).get(section, sub.get("default"))
     else:
         value = json.loads(json.dumps(sub.get("default", {})))
     validate_section(value, sub, section)

@@ -19,7 +19,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, section: str) -> Non
     group.add_argument(
         "--config",
         metavar="YAML",
-        help=f"a config file; its '{section}' section is used (schema defaults fill the rest)",
+        action="append",
+        help=(
+            f"a config file whose '{section}' section is used (schema defaults fill the rest); repeat to "
+            "layer files like Snakemake does: --config config/config.yaml --config my.yaml"
+        ),
     )
 
 

@@ -25,11 +25,12 @@ def _slide_settings(args: argparse.Namespace) -> dict:
             raise ConfigError('slide --settings must be {"slide": {...}, "channels": N, "rgb_rule": "..."}')
         slide = given["slide"]
         dataset = {k: given[k] for k in ("channels", "rgb_rule") if k in given}
-    elif args.config is not None:
-        config = load_config(args.config)
+    elif args.config:
+        config = load_config(*args.config)
+        names = [s["name"] for s in config["slides"]]
+        if args.name not in names:
+            raise ConfigError(f"ingest slide with --config needs --name, one of the config's slides: {names}")
         matches = [s for s in config["slides"] if s["name"] == args.name]
-        if not matches:
-            raise ConfigError(f"{args.config}: no slide named {args.name!r} in slides")
         slide, dataset = matches[0], config["dataset"]
     else:
         raise ConfigError("ingest slide needs --settings or --config with --name")

@@ -1,6 +1,8 @@
 # Paths of every store and folder the rules exchange, and small helpers. Rule files use these
 # functions instead of spelling paths, so the layout is defined once.
+import glob
 import json
+import os
 import shlex
 
 RESULTS = config["results"]
@@ -28,6 +30,31 @@ def settings(*sections):
 
 def slide_config(name):
     return next(slide for slide in config["slides"] if slide["name"] == name)
+
+
+def dataset_sources():
+    """The raw files ingest reads, as inputs: edited or added data reruns ingest (and all after
+    it), and a wrong path fails the dry run instead of a job. zarr sources count by their
+    metadata file; the synthetic generator has none."""
+    ds = config["dataset"]
+    fmt = ds["format"]
+    if fmt == "synthetic":
+        return []
+    if fmt == "pairs":
+        return sorted(glob.glob(os.path.join(ds["path"], ds["image_glob"]))) + sorted(
+            glob.glob(os.path.join(ds["path"], ds["label_glob"]))
+        ) or [ds["path"]]
+    if fmt == "dsb":
+        return sorted(glob.glob(os.path.join(ds["path"], "*", "*", "*.png"))) or [ds["path"]]
+    if fmt == "tiff_stack":
+        return [ds["path"], ds["label_path"]]
+    return [ds["path"], ds["label_path"]] if ds["label_path"] else [ds["path"]]
+
+
+def slide_source(wildcards):
+    """The slide file or zarr store ingest_slide reads (none for a synthetic slide)."""
+    slide = slide_config(wildcards.slide)
+    return [] if slide["format"] == "synthetic" else [slide["path"]]
 
 
 def data_store():

@@ -2,6 +2,8 @@
 
 
 rule ingest_dataset:
+    input:
+        dataset_sources(),
     output:
         store=directory(data_store()),
         plot=report(
@@ -26,7 +28,8 @@ rule ingest_dataset:
 
 rule ingest_slide:
     input:
-        data_store(),
+        data=data_store(),
+        source=slide_source,
     output:
         directory(slide_store()),
     params:
@@ -47,4 +50,4 @@ rule ingest_slide:
         mem_mb=4000,
         runtime=120,
     shell:
-        "python -m unetflow ingest slide {output:q} --normalization-from {input:q} --settings {params.settings:q} > {log} 2>&1"
+        "python -m unetflow ingest slide {output:q} --normalization-from {input.data:q} --settings {params.settings:q} > {log} 2>&1"
