@@ -64,3 +64,9 @@ def test_config_files_layer_like_snakemake(tmp_path):
     layered = stage_settings("dataset", config_path=[str(base), str(mine)])
     assert layered["chunk"] == 256 and layered["format"] == "pairs"
     assert layered["split"] == {"val_fraction": 0.25, "seed": 4, "val_indices": None}
+
+
+def test_every_leaf_key_is_documented():
+    rows = [line for line in schema_markdown().splitlines()[2:] if line.startswith("| `")]
+    undocumented = [row.split("|")[1].strip() for row in rows if row.rstrip("| ").endswith("|") or row.split("|")[4].strip() == ""]
+    assert not undocumented, f"schema keys without description: {undocumented}"
