@@ -371,7 +371,7 @@ class DaskRunner:
         if self.client is None:
             from dask.diagnostics import ProgressBar
 
-            with ProgressBar(out=sys.stderr):
+            with ProgressBar(out=sys.stderr, dt=0.1 if sys.stderr.isatty() else 30.0):  # log files: every 30 s
                 return list(dask.compute(*tasks, scheduler="threads", num_workers=self.options.chunks_in_flight))
         from distributed import progress
 
@@ -422,6 +422,160 @@ def _load_for_checks(model_path: Path) -> UNet:
         raise InputError(checkpoint, f"cannot load the model ({exc})", "a checkpoint written by unetflow") from exc
 
 
+def _open_image(image_store: Path, name: str) -> zarr.Array:
+    """Image ``name`` of a unetflow store, or an InputError listing the names the store has."""
+    group = open_store(image_store)
+    array_path = f"{IMAGES}/{name}"
+    if array_path not in group:
+        raise InputError(image_store, f"no image {name!r}", f"one of {store_meta(group).get('names')}")
+    return group[array_path]
+
+
+def _check_compatible(model: UNet, model_path: Path, image: zarr.Array, image_store: Path, name: str) -> None:
+    """Refuse an image with other channels than the model was trained on, before anything is written.
+
+    The network would fail on the first batch anyway, but only inside a dask task, after the
+    partial output was created; this names the image, the model and the fix instead.
+    """
+    channels = image.shape[0]
+    if channels != model.config["in_channels"]:
+        raise InputError(
+            image_store,
+            f"image {name!r} has {channels} channel(s) but the model {model_path} expects"
+            f" {model.config['in_channels']}",
+            "the model to be trained on images with the same channels as the images to predict",
+        )
+
+
+def _resumable(partial: Path, fingerprint: str) -> bool:
+    """Whether ``partial`` is an unfinished prediction of exactly this model, image and settings."""
+    if not (partial / DONE_DIR).is_dir():
+        return False
+    try:
+        return open_ome_image(partial).attrs.get("fingerprint") == fingerprint
+    except Exception:  # a store torn by a kill during creation is simply started again
+        return False
+
+
+def _prediction_attrs(
+    model: UNet, model_path: Path, image_store: Path, name: str, layout: TileLayout, options: PredictOptions, fingerprint: str
+) -> dict[str, Any]:
+    """The unetflow attributes of a new prediction: provenance, geometry and the resume fingerprint.
+
+    ``complete`` stays False until ``_finalise`` sets it with the instance count.
+    """
+    return {
+        "kind": "prediction",
+        "image": name,
+        "source_store": str(image_store),
+        "model": str(model_path),
+        "n_classes": model.config["n_classes"],
+        "tile": layout.tile,
+        "margin": layout.margin,
+        "tta": options.tta,
+        "dtype": options.dtype,
+        "connectivity": int(CONNECTIVITY.sum() - 1),
+        "fingerprint": fingerprint,
+        "complete": False,
+    }
+
+
+def _open_or_resume_partial(
+    partial: Path, attrs: dict[str, Any], height: int, width: int, options: PredictOptions
+) -> None:
+    """Keep ``partial`` when it resumes this very prediction, else start it empty with ``attrs``.
+
+    Anything else at that path (another model, image or settings, or a store torn during its
+    creation) is deleted, so chunks of different predictions are never mixed. The marker folder
+    is made last: its presence is what ``_resumable`` takes for a fully created store.
+    """
+    if _resumable(partial, attrs["fingerprint"]):
+        return
+    shutil.rmtree(partial, ignore_errors=True)
+    create_prediction(
+        partial,
+        n_classes=attrs["n_classes"],
+        height=height,
+        width=width,
+        chunk=options.chunk,
+        levels=options.pyramid_levels,
+        dtype=options.dtype,
+        attrs=attrs,
+    )
+    (partial / DONE_DIR).mkdir()
+
+
+def _chunk_jobs(
+    grid: ChunkGrid,
+    image: zarr.Array,
+    image_store: Path,
+    partial: Path,
+    model_path: Path,
+    layout: TileLayout,
+    options: PredictOptions,
+    device: str,
+    torch_threads: int,
+) -> list[ChunkJob]:
+    """One job per output chunk of ``grid`` that has no completion marker yet in ``partial``.
+
+    Skipping marked chunks is the whole of resuming: a marker is written only after its chunk.
+    """
+    cached_chunks = cache_capacity(image.chunks, layout, options.chunk)
+    return [
+        ChunkJob(
+            image_store=str(image_store),
+            image_array=image.path,
+            out_store=str(partial),
+            model_path=str(model_path),
+            device=device,
+            torch_threads=torch_threads,
+            layout=layout,
+            index=index,
+            region=box,
+            batch_size=options.batch_size,
+            tta=options.tta,
+            cached_chunks=cached_chunks,
+        )
+        for index, box in grid
+        if not marker(partial, index).exists()
+    ]
+
+
+def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: str) -> int:
+    """Predict the chunks, label instances and build the pyramid; the number of instances.
+
+    All of it is one graph, so labels and pyramid chunks wait only for the chunks they are
+    computed from, not for the whole level 0. The decoded-input cache is released afterwards,
+    also on failure, as the next image (or a rerun) reads another array.
+    """
+    predicted = {job.index: dask.delayed(predict_chunk, pure=False)(job) for job in jobs}
+    counted, relabelled = instance_labels(partial, predicted)
+    downsampled = [
+        *pyramid(partial, PROBABILITIES, predicted),
+        *pyramid(partial, SEMANTIC, predicted),
+        *pyramid(partial, INSTANCES, relabelled),
+    ]
+    try:
+        n_objects, *_ = run([counted, *downsampled], f"predict {name}")
+    finally:
+        _cached_image.cache_clear()  # release this image's decoded input chunks
+    return n_objects
+
+
+def _finalise(partial: Path, out: Path, n_objects: int) -> None:
+    """Mark ``partial`` complete, drop its chunk markers and rename it to ``out``.
+
+    The rename is the last step, so ``out`` only ever holds a complete prediction (an older
+    ``out`` of other settings is replaced, not merged).
+    """
+    root = zarr.open_group(str(partial), mode="r+")
+    root.attrs[ATTRS_KEY] = {**root.attrs[ATTRS_KEY], "n_instances": n_objects, "complete": True}
+    shutil.rmtree(partial / DONE_DIR)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+
+
 def predict_image(
     model_path: str | Path,
     image_store: str | Path,
@@ -436,105 +590,28 @@ def predict_image(
     returns at once when ``out`` is already complete with them.
     """
     model_path, image_store, out = Path(model_path), Path(image_store), Path(out)
-    group = open_store(image_store)
-    array_path = f"{IMAGES}/{name}"
-    if array_path not in group:
-        raise InputError(image_store, f"no image {name!r}", f"one of {store_meta(group).get('names')}")
-    image = group[array_path]
+    image = _open_image(image_store, name)
     model = _load_for_checks(model_path)
-    channels, height, width = image.shape
-    if channels != model.config["in_channels"]:
-        raise InputError(
-            image_store,
-            f"image {name!r} has {channels} channel(s) but the model {model_path} expects"
-            f" {model.config['in_channels']}",
-            "the model to be trained on images with the same channels as the images to predict",
-        )
+    _check_compatible(model, model_path, image, image_store, name)
     fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, options)
     if out.exists() and open_ome_image(out).attrs.get("fingerprint") == fingerprint:
         log.info("%s: already complete, skipped", out)
         return out
     partial = out.with_name(out.name + PARTIAL)
+    _, height, width = image.shape
     layout = tile_layout(model, options.tile, options.chunk, height, width)
-    if not _resumable(partial, fingerprint):
-        shutil.rmtree(partial, ignore_errors=True)
-        create_prediction(
-            partial,
-            n_classes=model.config["n_classes"],
-            height=height,
-            width=width,
-            chunk=options.chunk,
-            levels=options.pyramid_levels,
-            dtype=options.dtype,
-            attrs={
-                "kind": "prediction",
-                "image": name,
-                "source_store": str(image_store),
-                "model": str(model_path),
-                "n_classes": model.config["n_classes"],
-                "tile": layout.tile,
-                "margin": layout.margin,
-                "tta": options.tta,
-                "dtype": options.dtype,
-                "connectivity": int(CONNECTIVITY.sum() - 1),
-                "fingerprint": fingerprint,
-                "complete": False,
-            },
-        )
-        (partial / DONE_DIR).mkdir()
+    attrs = _prediction_attrs(model, model_path, image_store, name, layout, options, fingerprint)
+    _open_or_resume_partial(partial, attrs, height, width, options)
     device = str(pick_device(options.device))
     grid = ChunkGrid(height, width, options.chunk)
     with _runner(options, runner) as run:
-        jobs = [
-            ChunkJob(
-                image_store=str(image_store),
-                image_array=array_path,
-                out_store=str(partial),
-                model_path=str(model_path),
-                device=device,
-                torch_threads=run.torch_threads,
-                layout=layout,
-                index=index,
-                region=box,
-                batch_size=options.batch_size,
-                tta=options.tta,
-                cached_chunks=cache_capacity(image.chunks, layout, options.chunk),
-            )
-            for index, box in grid
-            if not marker(partial, index).exists()
-        ]
+        jobs = _chunk_jobs(grid, image, image_store, partial, model_path, layout, options, device, run.torch_threads)
         log.info(
             "%s: %d of %d chunks to predict (tile %d, margin %d)", name, len(jobs), len(grid), layout.tile, layout.margin
         )
-        # one graph: labels and pyramid chunks wait only for the chunks they are computed from
-        predicted = {job.index: dask.delayed(predict_chunk, pure=False)(job) for job in jobs}
-        n_objects, relabelled = instance_labels(partial, predicted)
-        downsampled = [
-            *pyramid(partial, PROBABILITIES, predicted),
-            *pyramid(partial, SEMANTIC, predicted),
-            *pyramid(partial, INSTANCES, relabelled),
-        ]
-        try:
-            n_objects, *_ = run([n_objects, *downsampled], f"predict {name}")
-        finally:
-            _cached_image.cache_clear()  # release this image's decoded input chunks
-    root = zarr.open_group(str(partial), mode="r+")
-    root.attrs[ATTRS_KEY] = {**root.attrs[ATTRS_KEY], "n_instances": n_objects, "complete": True}
-    shutil.rmtree(partial / DONE_DIR)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+        n_objects = _run_jobs(run, partial, jobs, name)
+    _finalise(partial, out, n_objects)
     return out
-
-
-def _resumable(partial: Path, fingerprint: str) -> bool:
-    """Whether ``partial`` is an unfinished prediction of exactly this model, image and settings."""
-    if not (partial / DONE_DIR).is_dir():
-        return False
-    try:
-        return open_ome_image(partial).attrs.get("fingerprint") == fingerprint
-    except Exception:  # a store torn by a kill during creation is simply started again
-        return False
 
 
 def predict_store(
