@@ -371,7 +371,7 @@ class DaskRunner:
         if self.client is None:
             from dask.diagnostics import ProgressBar
 
-            with ProgressBar(out=sys.stderr, dt=0.1 if sys.stderr.isatty() else 30.0):  # log files: every 30 s
+            with ProgressBar(out=sys.stderr):
                 return list(dask.compute(*tasks, scheduler="threads", num_workers=self.options.chunks_in_flight))
         from distributed import progress
 
