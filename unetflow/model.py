@@ -14,13 +14,13 @@ tensor or a plain Python value, so it loads with ``torch.load(weights_only=True)
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from unetflow.store import atomic_output
 
 BEST = "best.pt"
 LAST = "last.pt"
@@ -190,12 +190,8 @@ class UNet(nn.Module):
 # -- saving and loading --------------------------------------------------------------------------
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary sibling then rename, so a kill never leaves a torn file."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: str | Path, model: UNet, **extra: Any) -> Path:

@@ -31,7 +31,7 @@ from unetflow.devices import pick_device
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.sampling import TileSampler, open_split
 from unetflow.predict import TilePredictor, predict_region, tile_layout
-from unetflow.store import open_store, split_names, store_meta
+from unetflow.store import atomic_output, open_store, split_names, store_meta
 from unetflow.tiling import ChunkGrid
 
 log = logging.getLogger(__name__)
@@ -256,12 +256,10 @@ class Trainer:
 
     def write_metrics(self) -> Path:
         path = self.work_dir / METRICS_CSV
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as fh:
+        with atomic_output(path) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
             writer.writeheader()
             writer.writerows(self.history)
-        tmp.replace(path)
         return path
 
     # -- the loop ----------------------------------------------------------------------------------

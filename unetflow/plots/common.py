@@ -32,10 +32,15 @@ def label_colours(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     return palette[inverse.reshape(labels.shape)]
 
 
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Save ``fig`` as PNG atomically (a report never picks up half a file) and close it."""
+def save_figure(
+    fig: plt.Figure, path: str | Path, dpi: int = 100, rect: tuple[float, float, float, float] = (0, 0, 1, 1)
+) -> Path:
+    """Save ``fig`` as PNG atomically (a report never picks up half a file) and close it.
+
+    ``rect`` is the part of the figure ``tight_layout`` may fill (room left for a legend).
+    """
     try:
-        fig.tight_layout()
+        fig.tight_layout(rect=rect)
         with atomic_output(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi)
     finally:

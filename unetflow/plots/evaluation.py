@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from skimage.segmentation import find_boundaries  # noqa: E402
 
-from unetflow.plots.common import display_image  # noqa: E402
+from unetflow.plots.common import display_image, save_figure  # noqa: E402
 
 GT_COLOUR = np.array([0, 255, 0], dtype=np.uint8)
 PRED_COLOUR = np.array([255, 0, 255], dtype=np.uint8)
@@ -101,9 +101,7 @@ def plot_metrics(summary: dict[str, Any], path: str | Path) -> None:
     ax_curve.grid(alpha=0.3)
     ax_curve.legend(fontsize=8, loc="lower left")
     fig.suptitle(f"Evaluation -- objects: {_postprocess_label(summary['postprocess'])}", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_overlays(overlays: Sequence[np.ndarray], captions: Sequence[str], path: str | Path, columns: int = 2) -> None:
@@ -125,6 +123,5 @@ def plot_overlays(overlays: Sequence[np.ndarray], captions: Sequence[str], path:
         handles = [Patch(color=c / 255, label=label) for c, label in
                    ((GT_COLOUR, "ground truth"), (PRED_COLOUR, "prediction"), (BOTH_COLOUR, "both"))]
         fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
-        fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    rect = (0, 0.5 / fig.get_figheight(), 1, 1) if overlays else (0, 0, 1, 1)
+    save_figure(fig, path, rect=rect)

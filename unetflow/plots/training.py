@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from unetflow.store import atomic_output  # noqa: E402
+from unetflow.plots.common import plt, save_figure
 
 
 def running_mean(values: np.ndarray, window: int) -> np.ndarray:
@@ -48,9 +44,4 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
     ax_loss.set(xlabel="step", ylabel="weighted cross-entropy", title="loss", yscale="log")
     ax_loss.legend()
     ax_iou.set(xlabel="step", ylabel="IoU", ylim=(0, 1))
-    fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_output(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
