@@ -93,7 +93,7 @@ def test_cli_writes_table_summary_overlays_and_figures(tiny):
     assert c["seg"] == pytest.approx((n1 / n + n2 / n) / 2)
     assert (c["tp@0.5"], c["fp@0.5"], c["fn@0.5"]) == (1, 0, 1)  # the whole second disc has IoU n2/n > 0.5
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["postprocess"] == {"method": "connected_components", "min_size": 0}
+    assert summary["postprocess"] == {"method": "predicted", "min_size": 0}
     assert summary["split"] == "val" and summary["images"] == ["b", "c"] and summary["n_gt"] == 5
     assert summary["mean_ap"] == pytest.approx(table["mean_ap"].mean())
     assert summary["pixel_error"] == 0 and summary["std"]["seg"] == pytest.approx(table["seg"].std(ddof=0))

@@ -27,6 +27,7 @@ from unetflow.io.ome_zarr import (
     open_ome_image,
 )
 from unetflow.model import UNet, save_checkpoint
+from unetflow.postprocess import grow_seeds
 from unetflow.predict import (
     DIHEDRAL,
     CachedChunks,
@@ -328,6 +329,39 @@ def test_chunked_instance_labels_merge_objects_across_chunk_borders(tmp_path: Pa
     assert n == n_expected
     assert set(np.unique(labels)) == set(range(n + 1)) - ({0} if foreground.all() else set())  # ids 1..n, no gaps
     assert _same_partition(labels, expected)
+
+
+def test_chunked_seed_growth_equals_whole_image_growth(tmp_path: Path) -> None:
+    """3-class predictions: interior seeds grown through the foreground and into the gaps chunk
+    by chunk give the same objects as ``grow_seeds`` on the whole image."""
+    noise = ndimage.gaussian_filter(np.random.default_rng(6).normal(size=(100, 90)), 3)
+    semantic = np.digitize(noise, [-0.02, 0.04]).astype(np.uint8)  # 0 bg, 1 interior, 2 boundary
+    root = tmp_path / "p.ome.zarr"
+    create_prediction(root, n_classes=3, height=100, width=90, chunk=16, levels=1, dtype="float32", attrs={}, seeds=True)
+    zarr.open_array(store=str(root), path=level_path(SEMANTIC, 0), mode="r+")[:] = semantic
+    seeds, n_expected = ndimage.label(semantic == 1)
+    expected = grow_seeds(seeds, semantic > 0, 4, 1)
+    (n,) = dask.compute(instance_labels(root, {}, grow=4, expand=1)[0], scheduler="sync")
+    labels = zarr.open_array(store=str(root), path=level_path(INSTANCES, 0))[:]
+    assert n == n_expected and np.count_nonzero(expected) > np.count_nonzero(grow_seeds(seeds, semantic > 0, 4))  # gaps claimed
+    assert _same_partition(labels, expected)
+
+
+def test_three_class_model_objects_follow_its_recipe(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, n_classes=3, depth=2, base_channels=4).eval()
+    save_checkpoint(tmp_path / "m.pt", net, recipe={"instances": {"grow": 3, "expand": 1}})
+    store = _store(tmp_path / "d.zarr", {"a": _image(150, 100)})
+    out = predict_image(tmp_path / "m.pt", store, "a", tmp_path / "a.ome.zarr", PredictOptions.from_settings({"device": "cpu", "chunk": 64}))
+    image = open_ome_image(out)
+    assert image.attrs["instances"] == {"seeds": "class 1", "grow": 3, "expand": 1}
+    assert not (out / "seeds").exists()  # the scratch array is gone once complete
+    semantic = image.label("semantic").levels[0][:]
+    seeds, _ = ndimage.label(semantic == 1)
+    assert _same_partition(image.label("instances").levels[0][:], grow_seeds(seeds, semantic > 0, 3, 1))
+    save_checkpoint(tmp_path / "old.pt", net)  # a 3-class checkpoint with no recipe cannot be turned into objects
+    with pytest.raises(InputError, match="instance recipe"):
+        predict_image(tmp_path / "old.pt", store, "a", tmp_path / "b.ome.zarr", PredictOptions.from_settings({"device": "cpu"}))
 
 
 # -- the command line --------------------------------------------------------------------------

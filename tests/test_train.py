@@ -16,7 +16,7 @@ import unetflow.train as train_module
 from unetflow.cli import main
 from unetflow.config import stage_settings
 from unetflow.model import load_model
-from unetflow.store import ATTRS_KEY, WEIGHTS, atomic_output, write_dataset
+from unetflow.store import ATTRS_KEY, TARGETS, WEIGHTS, atomic_output, write_dataset
 from unetflow.tiling import read_window
 from unetflow.train import Trainer, TrainingDiverged, train_model, weighted_cross_entropy
 
@@ -35,13 +35,18 @@ def _blobs(rng: np.random.Generator, size: int, count: int) -> tuple[np.ndarray,
 
 
 def _write_ones_weights(path: Path, labels: dict[str, np.ndarray]) -> None:
-    """A weights store of all-ones maps, laid out as the weights stage writes it."""
+    """A weights store of all-ones maps and 2-class targets (label > 0, no gaps), laid out as the
+    weights stage writes it."""
     with atomic_output(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        group = root.create_group(WEIGHTS)
+        group, targets = root.create_group(WEIGHTS), root.create_group(TARGETS)
         for name, label in labels.items():
             group.create_array(name, data=np.ones(label.shape, np.float32))
-        root.attrs[ATTRS_KEY] = {"kind": "weights", "class_weights": [1.0, 1.0], "w0": 0.0, "sigma": 5.0}
+            targets.create_array(name, data=(label > 0).astype(np.uint8))
+        root.attrs[ATTRS_KEY] = {
+            "kind": "weights", "class_weights": [1.0, 1.0], "w0": 0.0, "sigma": 5.0, "n_classes": 2,
+            "target": {"mode": "binary", "gap": 0, "boundary_width": 1}, "object_size": {"median_area": 100.0},
+        }
 
 
 def _stores(tmp_path: Path, n_images: int = 6, size: int = 64, weights: bool = True) -> tuple[Path, Path]:

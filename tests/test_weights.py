@@ -191,12 +191,16 @@ def test_block_reads_only_block_plus_halo():
 def test_inverse_frequency_weights_have_mean_one():
     labels = np.zeros((10, 10), np.int32)
     labels[:5, :5] = 3  # 25 % foreground
-    background, foreground = class_counts([labels, zarr.array(labels, chunks=(3, 3))], chunk=4)
+    classes = (labels > 0).astype(np.uint8)
+    background, foreground = class_counts([classes, zarr.array(classes, chunks=(3, 3))], n_classes=2, chunk=4)
     assert (background, foreground) == (150, 50)
-    w_bg, w_fg = inverse_frequency_weights(background, foreground)
+    w_bg, w_fg = inverse_frequency_weights([background, foreground])
     assert (w_bg, w_fg) == pytest.approx((200 / 300, 2.0))
     assert (background * w_bg + foreground * w_fg) / (background + foreground) == pytest.approx(1.0)
-    assert inverse_frequency_weights(100, 0) == (1.0, 1.0)
+    assert inverse_frequency_weights([100, 0]) == (1.0, 1.0)
+    three = inverse_frequency_weights([60, 30, 10])
+    assert three == pytest.approx((100 / 180, 100 / 90, 100 / 30))
+    assert (60 * three[0] + 30 * three[1] + 10 * three[2]) / 100 == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------- command line
@@ -219,15 +223,16 @@ def tiny_dataset(path, labelled=True):
 
 
 def test_cli_writes_store_attrs_and_preview(tmp_path, weights_cli):
+    """The paper's 2-class targets without gaps: the stored map is the paper's weight map."""
     labels = tiny_dataset(tmp_path / "data.zarr")
-    config = {"w0": 8.0, "sigma": 3.0}
+    config = {"w0": 8.0, "sigma": 3.0, "target": {"mode": "binary", "gap": 0}}
     out, png = tmp_path / "weights.zarr", tmp_path / "plots" / "weights.png"
     rc = weights_cli(["weights", str(tmp_path / "data.zarr"), str(out), "--settings", json.dumps(config), "--preview", str(png)])
     assert rc == 0
     group = open_store(out, "weights")
     meta = store_meta(group)
     train = np.concatenate([labels["a"].ravel(), labels["b"].ravel()])
-    expected_cw = inverse_frequency_weights(int((train == 0).sum()), int((train > 0).sum()))
+    expected_cw = inverse_frequency_weights([int((train == 0).sum()), int((train > 0).sum())])
     assert meta["class_weights"] == pytest.approx(list(expected_cw))
     assert (meta["w0"], meta["sigma"], meta["border"], meta["eps"]) == (8.0, 3.0, "background", EPS)
     assert meta["source"] == str(tmp_path / "data.zarr")
@@ -236,6 +241,7 @@ def test_cli_writes_store_attrs_and_preview(tmp_path, weights_cli):
         stored = group["weights"][name]
         assert stored.chunks == (64, 64)
         np.testing.assert_array_equal(stored[...], weight_map(labels[name], s))
+        np.testing.assert_array_equal(group["targets"][name][...], labels[name] > 0)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr", "plots", "weights.zarr"]
 
@@ -244,7 +250,7 @@ def test_cli_connected_components_and_no_balance(tmp_path, weights_cli):
     binary = np.zeros((40, 40), np.int32)
     binary[5:15, 5:15] = binary[5:15, 17:30] = 1  # two cells, same value, 2-px membrane
     write_dataset(tmp_path / "data.zarr", {"m": binary[None].astype(np.float32)}, {"m": binary})
-    config = {"objects": "connected_components", "class_balance": "none"}
+    config = {"objects": "connected_components", "class_balance": "none", "target": {"mode": "binary", "gap": 0}}
     out = tmp_path / "weights.zarr"
     assert weights_cli(["weights", str(tmp_path / "data.zarr"), str(out), "--settings", json.dumps(config)]) == 0
     instances = binary.copy()

@@ -94,9 +94,10 @@ def predicted_instances(path: Path, name: str, shape: tuple[int, ...], settings:
     if settings["postprocess"] == "watershed":
         probabilities = image.levels[0]
         if probabilities.ndim != 3 or probabilities.shape[0] < 2:
-            expected = "(classes >= 2, Y, X) with class 1 = foreground"
+            expected = "(classes >= 2, Y, X) with class 0 = background"
             raise InputError(path, f"probabilities have shape {probabilities.shape}", expected)
-        labels = postprocess.watershed(np.asarray(probabilities[1]), **settings["watershed"])
+        foreground = 1.0 - np.asarray(probabilities[0], dtype=np.float32)
+        labels = postprocess.watershed(foreground, **settings["watershed"])
     else:
         labels = np.asarray(instances[...])
     return postprocess.remove_small(labels, settings["min_size"])

@@ -224,6 +224,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return checkpoint
 
 
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """What a model needs besides its weights to be applied (target, instance rule, object sizes).
+
+    Empty for checkpoints written before recipes existed.
+    """
+    return dict(load_checkpoint(path).get("recipe", {}))
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> UNet:
     """Rebuild a trained UNet in eval mode from a model directory (its ``best.pt``) or a ``.pt`` file."""
     checkpoint = load_checkpoint(path, device)

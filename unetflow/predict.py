@@ -44,6 +44,7 @@ from unetflow.io.ome_zarr import (
     CONNECTIVITY,
     INSTANCES,
     PROBABILITIES,
+    SEEDS,
     SEMANTIC,
     create_prediction,
     instance_labels,
@@ -51,7 +52,7 @@ from unetflow.io.ome_zarr import (
     open_ome_image,
     pyramid,
 )
-from unetflow.model import BEST, UNet, load_model
+from unetflow.model import BEST, UNet, load_model, load_recipe
 from unetflow.store import ATTRS_KEY, IMAGES, open_store, split_names, store_meta
 from unetflow.tiling import Box, ChunkGrid, TileLayout, align_up, read_window
 
@@ -422,6 +423,21 @@ def _load_for_checks(model_path: Path) -> UNet:
         raise InputError(checkpoint, f"cannot load the model ({exc})", "a checkpoint written by unetflow") from exc
 
 
+def instance_rule(model: UNet, model_path: Path) -> dict[str, int]:
+    """How a model's classes become objects: class-1 regions grown and widened by the recipe's
+    ``instances`` rule (``TargetSettings.instance_rule``), recorded with the model at training.
+
+    A checkpoint without a recipe (written before recipes existed) is a 2-class model whose
+    objects are its class-1 regions as they are.
+    """
+    rule = load_recipe(checkpoint_file(model_path)).get("instances")
+    if rule is None:
+        if model.config["n_classes"] != 2:
+            raise InputError(model_path, "3-class model without an instance recipe", "a checkpoint written by `unetflow train`")
+        return {"grow": 0, "expand": 0}
+    return {"grow": int(rule["grow"]), "expand": int(rule["expand"])}
+
+
 def _open_image(image_store: Path, name: str) -> zarr.Array:
     """Image ``name`` of a unetflow store, or an InputError listing the names the store has."""
     group = open_store(image_store)
@@ -458,7 +474,14 @@ def _resumable(partial: Path, fingerprint: str) -> bool:
 
 
 def _prediction_attrs(
-    model: UNet, model_path: Path, image_store: Path, name: str, layout: TileLayout, options: PredictOptions, fingerprint: str
+    model: UNet,
+    model_path: Path,
+    image_store: Path,
+    name: str,
+    layout: TileLayout,
+    options: PredictOptions,
+    fingerprint: str,
+    rule: dict[str, int],
 ) -> dict[str, Any]:
     """The unetflow attributes of a new prediction: provenance, geometry and the resume fingerprint.
 
@@ -475,6 +498,7 @@ def _prediction_attrs(
         "tta": options.tta,
         "dtype": options.dtype,
         "connectivity": int(CONNECTIVITY.sum() - 1),
+        "instances": {"seeds": "class 1", **rule},
         "fingerprint": fingerprint,
         "complete": False,
     }
@@ -501,6 +525,7 @@ def _open_or_resume_partial(
         levels=options.pyramid_levels,
         dtype=options.dtype,
         attrs=attrs,
+        seeds=attrs["instances"]["grow"] + attrs["instances"]["expand"] > 0,
     )
     (partial / DONE_DIR).mkdir()
 
@@ -541,7 +566,7 @@ def _chunk_jobs(
     ]
 
 
-def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: str) -> int:
+def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: str, rule: dict[str, int]) -> int:
     """Predict the chunks, label instances and build the pyramid; the number of instances.
 
     All of it is one graph, so labels and pyramid chunks wait only for the chunks they are
@@ -549,7 +574,7 @@ def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: st
     also on failure, as the next image (or a rerun) reads another array.
     """
     predicted = {job.index: dask.delayed(predict_chunk, pure=False)(job) for job in jobs}
-    counted, relabelled = instance_labels(partial, predicted)
+    counted, relabelled = instance_labels(partial, predicted, **rule)
     downsampled = [
         *pyramid(partial, PROBABILITIES, predicted),
         *pyramid(partial, SEMANTIC, predicted),
@@ -571,6 +596,7 @@ def _finalise(partial: Path, out: Path, n_objects: int) -> None:
     root = zarr.open_group(str(partial), mode="r+")
     root.attrs[ATTRS_KEY] = {**root.attrs[ATTRS_KEY], "n_instances": n_objects, "complete": True}
     shutil.rmtree(partial / DONE_DIR)
+    shutil.rmtree(partial / SEEDS, ignore_errors=True)
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)
@@ -600,7 +626,8 @@ def predict_image(
     partial = out.with_name(out.name + PARTIAL)
     _, height, width = image.shape
     layout = tile_layout(model, options.tile, options.chunk, height, width)
-    attrs = _prediction_attrs(model, model_path, image_store, name, layout, options, fingerprint)
+    rule = instance_rule(model, model_path)
+    attrs = _prediction_attrs(model, model_path, image_store, name, layout, options, fingerprint, rule)
     _open_or_resume_partial(partial, attrs, height, width, options)
     device = str(pick_device(options.device))
     grid = ChunkGrid(height, width, options.chunk)
@@ -609,7 +636,7 @@ def predict_image(
         log.info(
             "%s: %d of %d chunks to predict (tile %d, margin %d)", name, len(jobs), len(grid), layout.tile, layout.margin
         )
-        n_objects = _run_jobs(run, partial, jobs, name)
+        n_objects = _run_jobs(run, partial, jobs, name, rule)
     _finalise(partial, out, n_objects)
     return out
 

@@ -2,8 +2,9 @@
 
 A sample is an output window placed uniformly over a training image (images chosen in proportion
 to their area, so every pixel is equally likely to be trained on), the input window around it
-(the network's context margin on each side), and the label and weight map under the output
-window. Windows that leave the image are mirror-padded by ``unetflow.tiling.read_window``, the
+(the network's context margin on each side), and the class target and weight map under the
+output window (both from the weights stage, so the loss sees exactly the gapped target the
+weight map was computed on). Windows that leave the image are mirror-padded by ``unetflow.tiling.read_window``, the
 same mirroring inference uses, so the valid output reaches every border pixel. Each window
 is read ``border`` pixels wider on every side for the augmenter (see ``unetflow.augment``).
 
@@ -19,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetflow.store import IMAGES, LABELS, WEIGHTS, StoreError, open_store, store_meta
+from unetflow.store import IMAGES, TARGETS, WEIGHTS, StoreError, open_store, store_meta
 from unetflow.tiling import read_window
 
 PRELOAD_BYTES = 2**30
 
 
 def open_split(data_store: str | Path, weights_store: str | Path, names: list[str]) -> list[tuple[Any, Any, Any]]:
-    """(image, label, weight) arrays of ``names``; small splits are read into memory at once.
+    """(image, target, weight) arrays of ``names``; small splits are read into memory at once.
 
     Training reads thousands of random windows, so decompressing chunks for every one of them
     would dominate; a split under ``PRELOAD_BYTES`` is loaded once instead. Larger ones stay
@@ -36,12 +37,14 @@ def open_split(data_store: str | Path, weights_store: str | Path, names: list[st
     weights = open_store(weights_store, "weights")
     if not store_meta(data).get("labelled"):
         raise StoreError(f"{data_store}: dataset has no labels; training needs a labelled dataset")
+    if TARGETS not in weights:
+        raise StoreError(f"{weights_store}: has no class targets (written by an older unetflow); run the weights stage again")
     triples = []
     for name in names:
-        for group, key, store in ((data, LABELS, data_store), (weights, WEIGHTS, weights_store)):
+        for group, key, store in ((weights, TARGETS, weights_store), (weights, WEIGHTS, weights_store)):
             if name not in group[key]:
                 raise StoreError(f"{store}: no {key}/{name} (every training/validation image needs one)")
-        triples.append((data[IMAGES][name], data[LABELS][name], weights[WEIGHTS][name]))
+        triples.append((data[IMAGES][name], weights[TARGETS][name], weights[WEIGHTS][name]))
     total = sum(arr.nbytes for triple in triples for arr in triple)
     if total <= PRELOAD_BYTES:
         triples = [tuple(np.asarray(arr[...]) for arr in triple) for triple in triples]
@@ -76,7 +79,7 @@ class TileSampler:
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch: image (N, C, in+2b, in+2b) float32, label (N, out+2b, out+2b) int64 class
-        targets (1 = foreground), weight (N, out+2b, out+2b) float32, as CPU tensors."""
+        targets (``unetflow.targets``), weight (N, out+2b, out+2b) float32, as CPU tensors."""
         picks = torch.multinomial(self.probabilities, n, replacement=True, generator=self.generator)
         context = self.margin + self.border
         in_edge = self.out_size + 2 * context
@@ -86,7 +89,7 @@ class TileSampler:
             image, label, weight = self.arrays[index]
             y0, x0 = self._origin(label.shape[-2]), self._origin(label.shape[-1])
             images.append(read_window(image, y0 - context, x0 - context, in_edge, in_edge))
-            labels.append(read_window(label, y0 - self.border, x0 - self.border, out_edge, out_edge) > 0)
+            labels.append(read_window(label, y0 - self.border, x0 - self.border, out_edge, out_edge))
             weights.append(read_window(weight, y0 - self.border, x0 - self.border, out_edge, out_edge))
         return (
             torch.from_numpy(np.stack(images).astype(np.float32, copy=False)),

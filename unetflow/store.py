@@ -17,8 +17,10 @@ Every stage reads and writes through these names, so the layout is defined once:
 
 ``weights.zarr`` (weights)::
 
-    weights/<name>  float32 (Y, X)
-    attrs["unetflow"] = {"kind": "weights", "w0", "sigma", "class_weights", ...}
+    targets/<name>  uint8 (Y, X) training class per pixel (see ``unetflow.targets``)
+    weights/<name>  float32 (Y, X) the loss weight per pixel
+    attrs["unetflow"] = {"kind": "weights", "target": {...}, "n_classes", "w0", "sigma", "class_weights",
+                         "object_size": {"median_area", "median_diameter", ...}, ...}
 
 Stores are written under a temporary sibling path and renamed into place only when complete, so
 an interrupted or failed stage never leaves something that looks finished.
@@ -40,6 +42,7 @@ import zarr
 IMAGES = "images"
 LABELS = "labels"
 WEIGHTS = "weights"
+TARGETS = "targets"
 ATTRS_KEY = "unetflow"
 
 

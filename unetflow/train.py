@@ -30,8 +30,8 @@ from unetflow.config import ConfigError
 from unetflow.devices import pick_device
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.sampling import TileSampler, open_split
-from unetflow.predict import TilePredictor, predict_region, tile_layout
-from unetflow.store import atomic_output, open_store, split_names, store_meta
+from unetflow.predict import TilePredictor, argmax_classes, predict_region, tile_layout
+from unetflow.store import StoreError, atomic_output, open_store, split_names, store_meta
 from unetflow.tiling import ChunkGrid
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,15 @@ class Trainer:
         self.meta = store_meta(data)
         # What the run trains on: re-ingested data or recomputed weight maps (new provenance or
         # settings in their attributes) must start a fresh run, never resume an old one.
-        self.inputs = {"data": self.meta, "weights": store_meta(open_store(weights_store, "weights"))}
-        self.model = UNet(in_channels=int(self.meta["channels"]), **model_settings).to(self.device)
+        weights_meta = store_meta(open_store(weights_store, "weights"))
+        self.inputs = {"data": self.meta, "weights": weights_meta}
+        if "target" not in weights_meta:
+            raise StoreError(f"{weights_store}: has no class targets (written by an older unetflow); run the weights stage again")
+        # What predict needs to turn the model's classes into objects travels with the weights.
+        self.recipe = {key: weights_meta[key] for key in ("target", "instances", "object_size")}
+        self.model = UNet(
+            in_channels=int(self.meta["channels"]), n_classes=int(weights_meta["n_classes"]), **model_settings
+        ).to(self.device)
         self.out_size = self.model.valid_output_size(cfg["tile"])
         self.in_size = self.model.input_size(self.out_size)
 
@@ -167,14 +174,14 @@ class Trainer:
             layout = tile_layout(self.model, VAL_TILE, VAL_CHUNK, height, width)
             for _, region in ChunkGrid(height, width, VAL_CHUNK):
                 probs = predict_region(predictor, image, layout, region, self.cfg["batch_size"], tta=False)
-                target = np.asarray(label[region.slices]) > 0
-                p_target = np.take_along_axis(probs, target[None].astype(np.intp), axis=0)[0]
+                target = np.asarray(label[region.slices]).astype(np.intp)
+                p_target = np.take_along_axis(probs, target[None], axis=0)[0]
                 w = np.asarray(weight[region.slices], dtype=np.float64)
                 loss_sum += float(-(w * np.log(np.maximum(p_target, np.finfo(np.float32).tiny))).sum())
                 pixels += target.size
-                pred = probs.argmax(axis=0) > 0
-                inter += int(np.count_nonzero(pred & target))
-                union += int(np.count_nonzero(pred | target))
+                pred, foreground = argmax_classes(probs) > 0, target > 0
+                inter += int(np.count_nonzero(pred & foreground))
+                union += int(np.count_nonzero(pred | foreground))
         self.model.train()
         return loss_sum / pixels, (inter / union if union else 1.0)
 
@@ -229,7 +236,13 @@ class Trainer:
 
     def save_best(self, val_loss: float | None, val_iou: float | None) -> None:
         save_checkpoint(
-            self.work_dir / BEST, self.model, step=self.step, val_loss=val_loss, val_iou=val_iou, settings=self.settings
+            self.work_dir / BEST,
+            self.model,
+            step=self.step,
+            val_loss=val_loss,
+            val_iou=val_iou,
+            settings=self.settings,
+            recipe=self.recipe,
         )
 
     def resume(self) -> bool:
@@ -310,6 +323,7 @@ class Trainer:
             self.work_dir,
             self.model,
             normalization=self.meta.get("normalization"),
+            recipe=self.recipe,
             train=self.settings["train"],
             tile={"input": self.in_size, "output": self.out_size, "margin": self.model.margin},
             best_val_iou=self.best_iou if self.val_arrays else None,

@@ -42,12 +42,14 @@ Example
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from unetflow.targets import BACKGROUND, TargetSettings, class_targets, separate_touching
 
 BORDER_MODES = ("background", "everywhere")
 
@@ -58,15 +60,15 @@ class WeightSettings:
 
     ``border="background"`` applies the border term to background pixels only, as in the paper
     (the gaps between cells are what it is meant to emphasise); ``"everywhere"`` also raises the
-    weight of object pixels near another object. ``class_weights`` is ``(w_background,
-    w_foreground)``; ``(1, 1)`` means no class balancing.
+    weight of object pixels near another object. ``class_weights`` holds one weight per target
+    class (background first, see ``unetflow.targets``); all 1 means no class balancing.
     """
 
     w0: float
     sigma: float
     eps: float
     border: str
-    class_weights: tuple[float, float] = (1.0, 1.0)
+    class_weights: tuple[float, ...] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.w0 < 0 or self.sigma <= 0 or self.eps <= 0:
@@ -178,25 +180,50 @@ def naive_border_term(labels: Any, w0: float, sigma: float) -> np.ndarray:
     return w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
 
 
+def _window(labels: Any, ys: slice, xs: slice, halo: int) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """``labels[ys, xs]`` read with ``halo`` pixels of context (clipped at the image border, never
+    mirrored: mirrored objects do not exist), and the block's slices inside that window."""
+    size_y, size_x = labels.shape[-2:]
+    wy = slice(max(ys.start - halo, 0), min(ys.stop + halo, size_y))
+    wx = slice(max(xs.start - halo, 0), min(xs.stop + halo, size_x))
+    inner = (slice(ys.start - wy.start, ys.stop - wy.start), slice(xs.start - wx.start, xs.stop - wx.start))
+    return as_labels(labels[wy, wx]), inner
+
+
+def target_block(
+    labels: Any, settings: WeightSettings, targets: TargetSettings, ys: slice, xs: slice
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class targets (uint8) and border term (float32, no class weights) of ``labels[ys, xs]``.
+
+    The labels are first separated where objects touch (``targets.gap``), so the border term
+    is computed on the gapped objects and lands on the gap pixels. Reads the block plus the
+    gap's reach and then the larger of T and the boundary width, which makes the result equal to
+    the same block of the whole-image computation.
+    """
+    halo = targets.gap_reach + max(settings.halo, targets.boundary_width)
+    window, inner = _window(labels, ys, xs, halo)
+    gapped = separate_touching(window, targets.gap)
+    classes = class_targets(gapped, targets)[inner]
+    term = border_term(gapped, settings)[inner]
+    if settings.border == "background":
+        term[classes != BACKGROUND] = 0.0
+    return classes, term.astype(np.float32)
+
+
+def add_class_weights(classes: np.ndarray, term: np.ndarray, class_weights: Sequence[float]) -> np.ndarray:
+    """The weight map ``w_c(class) + border term`` (float32)."""
+    return (np.asarray(class_weights, dtype=np.float64)[classes] + term).astype(np.float32)
+
+
 def weight_block(labels: Any, settings: WeightSettings, ys: slice, xs: slice) -> np.ndarray:
-    """Weights (float32) of the block ``labels[ys, xs]``, reading only it plus a halo of ceil(T).
+    """The paper's weights (float32) of the block ``labels[ys, xs]`` of 2-class targets, no gap.
 
     ``labels`` is any 2-D array sliceable with numpy semantics (numpy, zarr), so a label image
     larger than memory is read one window at a time. The result equals the same block of
     ``weight_map(labels)`` exactly.
     """
-    size_y, size_x = labels.shape[-2:]
-    halo = settings.halo
-    wy = slice(max(ys.start - halo, 0), min(ys.stop + halo, size_y))
-    wx = slice(max(xs.start - halo, 0), min(xs.stop + halo, size_x))
-    window = as_labels(labels[wy, wx])
-    inner = (slice(ys.start - wy.start, ys.stop - wy.start), slice(xs.start - wx.start, xs.stop - wx.start))
-    term = border_term(window, settings)[inner]
-    foreground = window[inner] > 0
-    if settings.border == "background":
-        term[foreground] = 0.0
-    class_map = np.asarray(settings.class_weights, dtype=np.float64)[foreground.astype(np.intp)]
-    return (class_map + term).astype(np.float32)
+    classes, term = target_block(labels, settings, TargetSettings(mode="binary", gap=0), ys, xs)
+    return add_class_weights(classes, term, settings.class_weights)
 
 
 def weight_map(labels: Any, settings: WeightSettings) -> np.ndarray:
@@ -213,27 +240,24 @@ def block_slices(shape: tuple[int, ...], chunks: tuple[int, int]) -> Iterator[tu
             yield slice(y0, min(y0 + chunk_y, size_y)), slice(x0, min(x0 + chunk_x, size_x))
 
 
-def class_counts(label_arrays: Iterable[Any], chunk: int) -> tuple[int, int]:
-    """(background, foreground) pixel counts over label arrays, read block by block."""
-    background = foreground = 0
-    for labels in label_arrays:
-        for ys, xs in block_slices(labels.shape, (chunk, chunk)):
-            block = np.asarray(labels[ys, xs])
-            fg = int(np.count_nonzero(block > 0))
-            foreground += fg
-            background += block.size - fg
-    return background, foreground
+def class_counts(class_arrays: Iterable[Any], n_classes: int, chunk: int) -> list[int]:
+    """Pixel count of each class 0..n_classes-1 over class-target arrays, read block by block."""
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for classes in class_arrays:
+        for ys, xs in block_slices(classes.shape, (chunk, chunk)):
+            counts += np.bincount(np.asarray(classes[ys, xs]).ravel(), minlength=n_classes)[:n_classes]
+    return counts.tolist()
 
 
-def inverse_frequency_weights(background: int, foreground: int) -> tuple[float, float]:
-    """Class weights ``w_c = N / (2 N_c)``: inverse frequency, normalised to a pixel-mean of 1.
+def inverse_frequency_weights(counts: Sequence[int]) -> tuple[float, ...]:
+    """Class weights ``w_c = N / (K N_c)``: inverse frequency, normalised to a pixel-mean of 1.
 
-    With this normalisation each class carries half of the total weight and the mean of ``w_c``
-    over the counted pixels is exactly 1, so the balanced loss keeps the scale of the unweighted
-    one (scikit-learn's ``class_weight="balanced"``). If a class has no pixels, balancing is
-    undefined and ``(1, 1)`` is returned.
+    With this normalisation each of the K classes carries 1/K of the total weight and the mean
+    of ``w_c`` over the counted pixels is exactly 1, so the balanced loss keeps the scale of the
+    unweighted one (scikit-learn's ``class_weight="balanced"``). If a class has no pixels,
+    balancing is undefined and every weight is 1.
     """
-    if background <= 0 or foreground <= 0:
-        return 1.0, 1.0
-    total = background + foreground
-    return total / (2.0 * background), total / (2.0 * foreground)
+    if not counts or min(counts) <= 0:
+        return (1.0,) * len(counts)
+    total = float(sum(counts))
+    return tuple(total / (len(counts) * c) for c in counts)

@@ -5,7 +5,9 @@ A prediction is one NGFF image group::
     <name>.ome.zarr/
         0, 1, ...                  class probabilities (C, Y, X), level k downsampled 2**k
         labels/semantic/0, 1, ...  uint8 (Y, X) argmax class
-        labels/instances/0, 1, ... int32 (Y, X) connected components of the foreground
+        labels/instances/0, 1, ... int32 (Y, X) objects: connected components of class 1 (the
+                                   objects of a 2-class model, the interiors of a 3-class one),
+                                   grown through the foreground for a 3-class model
         attrs: {"ome": {version, multiscales}, "unetflow": {kind: "prediction", ...}}
 
 Everything here works chunk by chunk on arrays that may be far larger than memory: pyramid
@@ -33,6 +35,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 from zarr.codecs import BloscCodec
 
+from unetflow.postprocess import grow_seeds
 from unetflow.store import ATTRS_KEY, StoreError, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
 
@@ -54,6 +57,7 @@ PROBABILITY_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 #: 4-connectivity: touching cells that only meet at a corner stay separate objects
 CONNECTIVITY = ndimage.generate_binary_structure(2, 1)
+SEEDS = "seeds"  # scratch array of a prediction whose seeds grow: their final ids before growth
 
 
 def level_path(multiscale: str, level: int) -> str:
@@ -105,11 +109,14 @@ def create_prediction(
     levels: int,
     dtype: str,
     attrs: dict[str, Any],
+    seeds: bool = False,
 ) -> zarr.Group:
     """Create an empty prediction image (all arrays, all NGFF metadata) at ``path``.
 
     Arrays are chunked ``chunk`` x ``chunk`` (all classes in one chunk), which is also the unit
-    of work of the writers, so concurrent writers never share a stored chunk.
+    of work of the writers, so concurrent writers never share a stored chunk. ``seeds`` adds the
+    scratch array ``SEEDS`` that ``instance_labels(grow > 0)`` needs (removed by the caller once
+    the prediction is complete).
     """
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     grids = level_grids(height, width, chunk, levels)
@@ -128,6 +135,8 @@ def create_prediction(
             compressors=PROBABILITY_CODEC,
             dimension_names=["c", "y", "x"],
         )
+    if seeds:
+        root.create_array(SEEDS, shape=(height, width), chunks=(chunk, chunk), dtype="int32", fill_value=0)
     labels = root.create_group(LABELS)
     labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": ["semantic", "instances"]}
     for multiscale, label_dtype, colours in (
@@ -225,9 +234,9 @@ class ChunkLabels:
 
 
 def _local_labels(root: str, region: Box) -> tuple[np.ndarray, int]:
-    """Chunk-local ids 1..n of the foreground objects of one chunk (deterministic)."""
+    """Chunk-local ids 1..n of the class-1 regions of one chunk (deterministic)."""
     semantic = _open(root, level_path(SEMANTIC, 0))[region.slices]
-    local, count = ndimage.label(semantic > 0, structure=CONNECTIVITY, output=np.int32)
+    local, count = ndimage.label(semantic == 1, structure=CONNECTIVITY, output=np.int32)
     return local, int(count)
 
 
@@ -262,10 +271,27 @@ class ChunkRelabel:
         return np.concatenate([[0], final]).astype(np.int32)
 
 
-def relabel_chunk(root: str, region: Box, relabel: ChunkRelabel) -> None:
-    """Write the final ids of one chunk into instances/0."""
+def relabel_chunk(root: str, region: Box, relabel: ChunkRelabel, path: str) -> None:
+    """Write the final ids of one chunk into the array at ``path``."""
     local, _ = _local_labels(root, region)
-    _open(root, level_path(INSTANCES, 0), "r+")[region.slices] = relabel.lookup()[local]
+    _open(root, path, "r+")[region.slices] = relabel.lookup()[local]
+
+
+def grow_chunk(root: str, region: Box, grow: int, expand: int) -> None:
+    """Grow the seeds of one chunk through the foreground (semantic > 0), widen them, and write
+    the objects into instances/0 (``postprocess.grow_seeds``).
+
+    Reads seeds and classes as far around the chunk as ``grow_seeds`` looks, so chunk borders
+    leave no trace.
+    """
+    seeds = _open(root, SEEDS)
+    halo = grow + 3 * expand  # growth, then the gap test's window (2 expand) and the claim (expand)
+    window = Box(region.y0 - halo, region.x0 - halo, region.height + 2 * halo, region.width + 2 * halo)
+    window = window.intersection(Box(0, 0, *seeds.shape))
+    assert window is not None  # the window contains the region
+    foreground = _open(root, level_path(SEMANTIC, 0))[window.slices] > 0
+    grown = grow_seeds(seeds[window.slices], foreground, grow, expand)
+    _open(root, level_path(INSTANCES, 0), "r+")[region.slices] = grown[region.relative_to(window).slices]
 
 
 def merge_chunk_labels(grid: ChunkGrid, chunks: Sequence[ChunkLabels]) -> tuple[list[ChunkRelabel], int]:
@@ -315,14 +341,16 @@ def merge_chunk_labels(grid: ChunkGrid, chunks: Sequence[ChunkLabels]) -> tuple[
 
 
 def instance_labels(
-    root: str | Path, after: Mapping[tuple[int, int], Delayed]
+    root: str | Path, after: Mapping[tuple[int, int], Delayed], grow: int = 0, expand: int = 0
 ) -> tuple[Delayed, dict[tuple[int, int], Delayed]]:
-    """Tasks labelling the foreground (semantic > 0) into instances/0.
+    """Tasks labelling class 1 (semantic == 1) into instances/0, grown by ``grow`` steps through
+    the foreground and widened by ``expand`` (see ``grow_chunk``).
 
     Returns the task giving the object count and, per chunk, the task writing its final ids.
     Each chunk is labelled once its semantic chunk is written (``after[index]``, when given),
-    the border merge waits for all of them, then every chunk is relabelled. Memory is a few
-    chunks plus the ids on chunk borders.
+    the border merge waits for all of them, then every chunk is relabelled. With ``grow`` or
+    ``expand`` the relabelled seeds go to the ``SEEDS`` scratch array and every chunk then grows
+    them once all seeds are final. Memory is a few chunks plus the ids on chunk borders.
     """
     root = str(root)
     semantic = _open(root, level_path(SEMANTIC, 0))
@@ -332,9 +360,16 @@ def instance_labels(
         task = dask.delayed(label_chunk, pure=False)(root, box)
         labelled.append(bind(task, after[index]) if index in after else task)
     relabels, n_objects = dask.delayed(merge_chunk_labels, nout=2, pure=False)(grid, labelled)
+    target = SEEDS if grow or expand else level_path(INSTANCES, 0)
     relabelled = {
-        index: dask.delayed(relabel_chunk, pure=False)(root, box, relabels[i]) for i, (index, box) in enumerate(grid)
+        index: dask.delayed(relabel_chunk, pure=False)(root, box, relabels[i], target)
+        for i, (index, box) in enumerate(grid)
     }
+    if target == SEEDS:
+        seeds = list(relabelled.values())
+        relabelled = {
+            index: bind(dask.delayed(grow_chunk, pure=False)(root, box, grow, expand), seeds) for index, box in grid
+        }
     return bind(n_objects, list(relabelled.values())), relabelled
 
 
