@@ -27,7 +27,7 @@ from unetflow.io.ome_zarr import (
     open_ome_image,
 )
 from unetflow.model import UNet, save_checkpoint
-from unetflow.postprocess import grow_seeds
+from unetflow.instances import grow_seeds
 from unetflow.predict import (
     DIHEDRAL,
     CachedChunks,

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from unetflow import cli
 from unetflow.metrics import evaluate_segmentation
-from unetflow.postprocess import grow_seeds
+from unetflow.instances import grow_seeds
 from unetflow.store import open_store, store_meta, write_dataset
 from unetflow.targets import BOUNDARY, INTERIOR, TargetSettings, class_targets, separate_touching, targets
 from unetflow.weights import WeightSettings, block_slices, target_block

@@ -46,6 +46,7 @@ def _write_ones_weights(path: Path, labels: dict[str, np.ndarray]) -> None:
         root.attrs[ATTRS_KEY] = {
             "kind": "weights", "class_weights": [1.0, 1.0], "w0": 0.0, "sigma": 5.0, "n_classes": 2,
             "target": {"mode": "binary", "gap": 0, "boundary_width": 1}, "object_size": {"median_area": 100.0},
+            "instances": {"grow": 0, "expand": 0},
         }
 
 

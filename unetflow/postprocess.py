@@ -13,10 +13,8 @@ user) counts. Two ways to get them:
   over-split; a foreground region with no such peak still becomes one object, so watershed only
   ever splits what connected components would find, never drops it.
 
-``grow_seeds`` is how a 3-class (background / interior / boundary) model's objects are made:
-the interior regions are the seeds and grow through the foreground one pixel per step, so two
-touching cells meet along their predicted boundary. It is local (``steps`` pixels), so a giant
-slide is grown chunk by chunk with that halo and gives exactly the whole-image result.
+A 3-class model's objects are interior seeds grown through the foreground
+(``unetflow.instances.grow_seeds``).
 
 ``remove_small`` then drops objects below ``min_size`` pixels (debris, speckle).
 """
@@ -30,58 +28,6 @@ from skimage.segmentation import relabel_sequential
 from skimage.segmentation import watershed as flood
 
 SOURCES = ("distance", "probability")
-
-
-def _first_neighbour(labels: np.ndarray) -> np.ndarray:
-    """Per pixel, the id of its upper neighbour, else left, else right, else lower (0: none)."""
-    up, left, right, down = (np.zeros_like(labels) for _ in range(4))
-    up[1:], left[:, 1:], right[:, :-1], down[:-1] = labels[:-1], labels[:, :-1], labels[:, 1:], labels[1:]
-    picked = up
-    for other in (left, right, down):
-        picked = np.where(picked > 0, picked, other)
-    return picked
-
-
-def _claim(labels: np.ndarray, allowed: np.ndarray, steps: int) -> np.ndarray:
-    """Grow ``labels`` into unclaimed ``allowed`` pixels by up to ``steps`` 4-connected steps.
-
-    Where two objects arrive at a pixel in the same step, the one from above (then left, right,
-    below) wins: a rule of position, not of id, so chunk-merged ids and whole-image ids give the
-    same objects. Growth depends only on pixels within ``steps``, so a window with that halo
-    gives exactly the whole-image result.
-    """
-    for _ in range(steps):
-        free = allowed & (labels == 0)
-        grown = np.where(free, _first_neighbour(labels), 0)
-        if not grown.any():
-            break
-        labels = np.where(free, grown, labels)
-    return labels
-
-
-def _between_objects(labels: np.ndarray, reach: int) -> np.ndarray:
-    """Background pixels with two different objects within ``reach`` (a square window)."""
-    size = 2 * reach + 1
-    highest = ndimage.maximum_filter(labels, size=size, mode="constant", cval=0)
-    lowest = ndimage.minimum_filter(np.where(labels > 0, labels, np.iinfo(np.int32).max), size=size, mode="constant", cval=np.iinfo(np.int32).max)
-    return (labels == 0) & (highest > 0) & (lowest < highest)
-
-
-def grow_seeds(seeds: np.ndarray, foreground: np.ndarray, steps: int, expand: int = 0) -> np.ndarray:
-    """Objects from ``seeds`` (int ids): grown through ``foreground`` by up to ``steps`` pixels,
-    then by up to ``expand`` pixels into the gaps between them.
-
-    Growth follows the foreground and never jumps a background gap; foreground farther than
-    ``steps`` from every seed stays background. ``expand`` gives back what the training gaps
-    took: a model trained on targets with a gap of g pixels draws touching objects ceil(g/2)
-    pixels short on their touching sides only, so only background pixels with two objects
-    within 2 * expand pixels (a gap) are claimed; free edges keep their predicted extent.
-    """
-    labels = np.where(foreground, seeds, 0).astype(np.int32, copy=False)
-    labels = _claim(labels, np.asarray(foreground, dtype=bool), steps)
-    if expand <= 0:
-        return labels
-    return _claim(labels, _between_objects(labels, 2 * expand), expand)
 
 
 def watershed(

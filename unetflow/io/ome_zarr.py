@@ -35,7 +35,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 from zarr.codecs import BloscCodec
 
-from unetflow.postprocess import grow_seeds
+from unetflow.instances import grow_seeds
 from unetflow.store import ATTRS_KEY, StoreError, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
 
