@@ -200,7 +200,7 @@ def _ctc_sequences(root: Path, selected: list[str | int] | None) -> list[str]:
         return natural_sorted(found)
     chosen = set()
     for want in selected:
-        matches = [name for name in found if (name == want if isinstance(want, str) else int(name) == want)]
+        matches = natural_sorted(name for name in found if (name == want if isinstance(want, str) else int(name) == want))
         if len(matches) != 1:
             problem = f"has {'no' if not matches else 'several'} sequence folders for dataset.ctc.sequences entry {want!r}"
             raise InputError(root, f"{problem} {matches or ''}".strip(), f"one of the sequences {natural_sorted(found)}, quoted like \"01\"")
