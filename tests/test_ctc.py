@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -49,8 +50,11 @@ def write_ctc(root: Path) -> dict[str, np.ndarray]:
             (root / f"{seq}_{kind}" / "SEG").mkdir(parents=True)
             for t, ids in frames.items():
                 tifffile.imwrite(root / f"{seq}_{kind}" / "SEG" / f"man_seg{t:0{digits}d}.tif", mask(ids))
-    (root / "01_GT" / "TRA").mkdir()  # tracking markers are not segmentation masks: ignored
-    tifffile.imwrite(root / "01_GT" / "TRA" / "man_track002.tif", mask((1,)))
+    (root / "01_GT" / "TRA").mkdir()  # tracking markers are no masks; they only reveal unmasked cells
+    markers = np.zeros(SHAPE, np.uint16)
+    markers[4, 5], markers[13, 5], markers[30, 35] = 1, 2, 3  # 1, 2 inside the gold objects 5, 9; 3 unmasked
+    tifffile.imwrite(root / "01_GT" / "TRA" / "man_track002.tif", markers)
+    tifffile.imwrite(root / "01_GT" / "TRA" / "man_track001.tif", markers)  # a frame without a mask: unused
     return {
         "01_t000": mask((1, 2)),
         "01_t002": mask((5, 9)),  # gold wins over silver (7,)
@@ -64,9 +68,13 @@ def ctc_settings(root: Path, **ctc) -> dict:
     return stage_settings("dataset", json.dumps({"format": "ctc", "path": str(root), "ctc": ctc}))
 
 
-def test_gold_preferred_per_frame_ids_kept_and_names_unique(tmp_path):
+def test_gold_preferred_per_frame_ids_kept_and_names_unique(tmp_path, caplog):
     expected = write_ctc(tmp_path)
-    samples = read_ctc(ctc_settings(tmp_path))
+    with caplog.at_level(logging.INFO, logger="unetflow.io.sources"):
+        samples = read_ctc(ctc_settings(tmp_path))
+    assert "CTC sequence 01: 4 of 12 frames annotated (gold_then_silver)" in caplog.text
+    assert "CTC sequence 01: 1 cells marked in the tracking truth have no mask" in caplog.text
+    assert "CTC sequence 02: 1 of 3 frames annotated" in caplog.text and "02: 1 cells" not in caplog.text
     assert [s.name for s in samples] == list(expected)  # natural order, only frames with a mask
     for sample in samples:
         assert np.array_equal(sample.label, expected[sample.name]), sample.name

@@ -230,6 +230,19 @@ def _ctc_2d(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     return array
 
 
+def _ctc_uncovered_cells(mask_path: Path, label: np.ndarray) -> int:
+    """Cells that the tracking truth beside a mask (``../TRA/man_trackNNN.tif``, which marks every
+    cell) places where the mask has no object. CTC's gold segmentation truth may cover only some
+    cells of a frame, and a cell without a mask is trained as background, so this is worth a warning."""
+    track_path = mask_path.parent.parent / "TRA" / mask_path.name.replace("man_seg", "man_track", 1)
+    if not track_path.is_file():
+        return 0
+    markers = read_file(track_path)
+    if markers.shape != label.shape:
+        return 0
+    return len(np.setdiff1d(np.unique(markers[markers > 0]), np.unique(markers[(markers > 0) & (label > 0)])))
+
+
 def read_ctc(settings: dict[str, Any]) -> list[Sample]:
     """Cell Tracking Challenge 2-D sequences: every frame that has a mask is one sample.
 
@@ -244,6 +257,7 @@ def read_ctc(settings: dict[str, Any]) -> list[Sample]:
     instance_settings = {**settings, "labels": "instance"}
     samples = []
     for sequence in _ctc_sequences(root, settings["ctc"]["sequences"]):
+        uncovered = 0
         frame_folder = root / sequence
         frames = _ctc_numbered(frame_folder, CTC_FRAME, "frame") if frame_folder.is_dir() else {}
         masks = _ctc_masks(root, sequence, annotation)
@@ -260,7 +274,11 @@ def read_ctc(settings: dict[str, Any]) -> list[Sample]:
             image = _ctc_2d(read_file(frame_path), frame_path, "frame")
             label = _ctc_2d(read_file(mask_path), mask_path, "mask")
             samples.append(_sample(f"{sequence}_{frame_path.stem}", image, label, instance_settings, frame_path, mask_path))
+            uncovered += _ctc_uncovered_cells(mask_path, label)
         log.info("CTC sequence %s: %d of %d frames annotated (%s)", sequence, len(masks), len(frames), annotation)
+        if uncovered:
+            log.warning("CTC sequence %s: %d cells marked in the tracking truth have no mask in their annotated frame "
+                        "and are trained as background (gold segmentation truth may cover only some cells)", sequence, uncovered)
     return samples
 
 
