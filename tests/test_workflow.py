@@ -48,6 +48,19 @@ def test_rerun_is_a_no_op_and_report_builds(finished_run):
     assert report.is_file() and report.stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_jobs_run_in_an_odd_results_path_without_an_activated_venv(tmp_path):
+    # a space and non-ASCII letters in `results` once split the unquoted `> {log}` redirect, and
+    # jobs of `.venv/bin/snakemake` without `source .venv/bin/activate` found no zarr
+    results = "rés ults ü"
+    workdir = prepare(tmp_path, dict(TINY_CONFIG, results=results))
+    check(snakemake(workdir, "--cores", "2", f"{results}/tiny/data.zarr", activated=False))
+    assert (workdir / results / "tiny" / "data.zarr" / "zarr.json").is_file()
+    log = workdir / results / "logs" / "tiny" / "tiny" / "ingest_dataset.log"
+    assert log.is_file()
+    assert sorted(p.name for p in workdir.iterdir() if not p.name.startswith(".")) == ["config", results]
+
+
 def test_typo_in_config_fails_before_any_job(tmp_path):
     workdir = prepare(tmp_path)
     bad = dict(TINY_CONFIG, train={"stpes": 3})
