@@ -27,6 +27,7 @@ an interrupted or failed stage never leaves something that looks finished.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import uuid
@@ -52,10 +53,15 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` only on success.
 
     On any exception the temporary path is deleted and ``final`` is left untouched, so a failed
-    run loses nothing that existed before and leaves nothing half-written.
+    run loses nothing that existed before and leaves nothing half-written. A run killed outright
+    (kill -9, out of memory) cannot clean up, so temporaries of ``final`` left by earlier runs are
+    removed first: only one run writes an output at a time (Snakemake locks its outputs), so any
+    such sibling belongs to a dead run.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
