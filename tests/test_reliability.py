@@ -11,11 +11,13 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import tifffile
 
 from unetflow.cli import main
 from unetflow.ingest import ingest_slide
 from unetflow.io.errors import InputError
 from unetflow.io.labels import to_instances
+from unetflow.store import open_store
 
 
 def five_cells() -> np.ndarray:
@@ -60,3 +62,52 @@ def test_temporaries_of_killed_runs_are_removed_by_the_next_run(tmp_path):
     unrelated.mkdir()
     ingest_slide({"name": "slide", "format": "synthetic", "size": 128, "chunk": 64, "seed": 0}, 1, "luminance", out)
     assert sorted(p.name for p in tmp_path.iterdir()) == [unrelated.name, out.name]
+
+
+def nan_pairs(root: Path, bad: float) -> None:
+    """A `pairs` folder of two float TIFF images, the second with four ``bad`` pixels."""
+    (root / "image").mkdir(parents=True)
+    (root / "label").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        image = rng.random((40, 60), dtype=np.float32)
+        if i == 1:
+            image[7, 9:13] = bad
+        tifffile.imwrite(root / "image" / f"{i}.tif", image)
+        iio.imwrite(root / "label" / f"{i}.png", five_cells())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_pixels_are_refused_naming_file_count_and_position(tmp_path, capsys, bad):
+    nan_pairs(tmp_path / "src", bad)
+    settings = {"format": "pairs", "path": str(tmp_path / "src"), "image_glob": "image/*", "label_glob": "label/*"}
+    out = tmp_path / "data.zarr"
+    assert main(["ingest", "dataset", str(out), "--settings", json.dumps(settings)]) == 2
+    err = capsys.readouterr().err
+    counts = "4 NaN and 0 infinite" if np.isnan(bad) else "0 NaN and 4 infinite"
+    assert f"{tmp_path / 'src' / 'image' / '1.tif'}: {counts} pixel(s) (first at (channel, y, x) = (0, 7, 9))" in err
+    assert not out.exists() and not list(tmp_path.glob(".data.zarr*"))
+
+
+def test_non_finite_pixels_can_be_replaced_with_a_warning(tmp_path, caplog):
+    nan_pairs(tmp_path / "src", np.nan)
+    settings = {
+        "format": "pairs", "path": str(tmp_path / "src"), "image_glob": "image/*", "label_glob": "label/*",
+        "non_finite": {"action": "replace", "value": 0.5},
+    }
+    assert main(["ingest", "dataset", str(tmp_path / "data.zarr"), "--settings", json.dumps(settings)]) == 0
+    assert "1.tif: 4 NaN and 0 infinite pixel(s)" in caplog.text and "replaced by 0.5" in caplog.text
+    group = open_store(tmp_path / "data.zarr", "dataset")
+    assert all(np.isfinite(group[f"images/{n}"][:]).all() for n in ("0", "1"))
+
+
+def test_non_finite_slide_pixels_are_found_chunk_by_chunk(tmp_path):
+    slide = np.random.default_rng(1).random((300, 200), dtype=np.float32)
+    slide[290, 150] = np.nan  # in the last chunk row, far from the first chunk
+    tifffile.imwrite(tmp_path / "slide.tif", slide, tile=(64, 64))
+    entry = {"name": "s", "format": "tiff", "path": str(tmp_path / "slide.tif"), "chunk": 128}
+    with pytest.raises(InputError, match=r"1 NaN and 0 infinite pixel\(s\) \(first at \(channel, y, x\) = \(0, 290, 150\)\)"):
+        ingest_slide(entry, 1, "luminance", tmp_path / "s.zarr")
+    assert not list(tmp_path.glob("*s.zarr*"))
+    out = ingest_slide(entry, 1, "luminance", tmp_path / "s.zarr", non_finite={"action": "replace", "value": 0.0})
+    assert np.isfinite(open_store(out, "dataset")["images/s"][:]).all()

@@ -52,8 +52,8 @@ def validate_section(instance: Any, schema: dict[str, Any], where: str) -> None:
     if errors:
         lines = []
         for err in errors:
-            key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-            lines.append(f"  {where}{'.' if where and key != '<top level>' else ''}{key}: {err.message}")
+            key = ".".join([where, *(str(p) for p in err.absolute_path)]).strip(".") or "<top level>"
+            lines.append(f"  {key}: {err.message}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
 
 

@@ -38,6 +38,7 @@ rule ingest_slide:
                 "slide": slide_config(wc.slide),
                 "channels": config["dataset"]["channels"],
                 "rgb_rule": config["dataset"]["rgb_rule"],
+                "non_finite": config["dataset"]["non_finite"],
             },
             sort_keys=True,
         ),
