@@ -17,7 +17,7 @@ from unetflow.cli import main
 from unetflow.ingest import ingest_slide
 from unetflow.io.errors import InputError
 from unetflow.io.labels import to_instances
-from unetflow.store import open_store
+from unetflow.store import StoreError, open_store, write_dataset
 
 
 def five_cells() -> np.ndarray:
@@ -111,3 +111,39 @@ def test_non_finite_slide_pixels_are_found_chunk_by_chunk(tmp_path):
     assert not list(tmp_path.glob("*s.zarr*"))
     out = ingest_slide(entry, 1, "luminance", tmp_path / "s.zarr", non_finite={"action": "replace", "value": 0.0})
     assert np.isfinite(open_store(out, "dataset")["images/s"][:]).all()
+
+
+@pytest.fixture
+def small_store(tmp_path):
+    """A dataset store of two 96 x 64 images in 32 px chunks, one image all zeros (its chunks
+    hold only the fill value and are stored all the same)."""
+    images = {"a": np.ones((1, 96, 64), np.float32), "z": np.zeros((1, 96, 64), np.float32)}
+    labels = {"a": np.ones((96, 64), np.int32), "z": np.zeros((96, 64), np.int32)}
+    normalization = {"method": "zscore", "mean": [0.0], "std": [1.0]}
+    return write_dataset(tmp_path / "data.zarr", images, labels, normalization=normalization, chunk=32)
+
+
+def test_every_chunk_is_stored_with_a_checksum(small_store):
+    group = open_store(small_store, "dataset")
+    for name in ("images/z", "labels/z"):
+        assert sum(p.is_file() for p in (small_store / name / "c").rglob("*")) == 3 * 2  # the whole grid
+        assert any(codec.to_dict()["name"] == "crc32c" for codec in group[name].compressors)
+
+
+@pytest.mark.parametrize("damage, problem", [("delete", "is missing"), ("truncate", "is damaged"), ("flip", "is damaged")])
+def test_a_damaged_chunk_stops_the_next_stage_naming_store_array_and_chunk(small_store, tmp_path, capsys, damage, problem):
+    chunk = small_store / "images" / "a" / "c" / "0" / "2" / "1"
+    if damage == "delete":
+        chunk.unlink()
+    elif damage == "truncate":
+        chunk.write_bytes(chunk.read_bytes()[:5])
+    else:  # one flipped bit: zstd may still decode it, the checksum does not match
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError) as caught:
+        open_store(small_store, "dataset")
+    assert str(caught.value).startswith(f"{small_store}: array 'images/a', chunk (0, 2, 1) ({chunk}) {problem}")
+    assert main(["weights", str(small_store), str(tmp_path / "weights.zarr")]) == 2
+    assert f"array 'images/a', chunk (0, 2, 1) ({chunk}) {problem}" in capsys.readouterr().err
+    assert not (tmp_path / "weights.zarr").exists()

@@ -36,7 +36,7 @@ from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import open_ome_image
 from unetflow.metrics import count_scores, evaluate_segmentation, threshold_key
 from unetflow.plots.evaluation import overlay_rgb, plot_metrics, plot_overlays, save_rgb
-from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta
+from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta, verify_store
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def predicted_instances(path: Path, name: str, shape: tuple[int, ...], settings:
     """The objects of prediction ``path`` of image ``name`` after the configured post-processing."""
     try:
         image = open_ome_image(path)
+        verify_store(image.group, path)
         instances = image.label("instances").levels[0]
     except StoreError as exc:
         raise InputError(path, f"not a readable prediction ({exc})", "an OME-Zarr image written by `unetflow predict`") from exc
