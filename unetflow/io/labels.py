@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from skimage import measure
 
 from unetflow.io.errors import InputError
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
 
 
 def check_integer_labels(label: np.ndarray, source: str | Path) -> np.ndarray:
@@ -44,12 +44,13 @@ def connected_instances(foreground: np.ndarray) -> np.ndarray:
 
 
 def split_ids(label: np.ndarray) -> dict[int, int]:
-    """{id: number of separate 8-connected regions} of every positive id found in more than one.
+    """{id: number of foreground regions} of every positive id found in more than one region.
 
+    Regions are the 8-connected components of ``label > 0``, i.e. parts separated by background;
     8-connectivity is the lenient choice here: an object whose pixels touch only at corners is
     still one object.
     """
-    regions = measure.label(label, background=0, connectivity=2)
+    regions, _ = ndimage.label(label > 0, structure=EIGHT_CONNECTED)
     pairs = np.unique(np.stack([label[regions > 0], regions[regions > 0]]), axis=1)
     ids, counts = np.unique(pairs[0], return_counts=True)
     return {int(i): int(n) for i, n in zip(ids, counts) if n > 1}
@@ -59,7 +60,7 @@ def auto_mode(label: np.ndarray, source: str | Path) -> str:
     """The mode 'auto' stands for (the rule is stated in the schema's ``dataset.labels``).
 
     At most two distinct values is a binary mask. More is an instance image, unless a value
-    forms several separate regions: an instance id names one object, so that is a binary mask
+    lies in several regions separated by background: an instance id names one object, so that is a binary mask
     with stray values, and guessing either way would silently merge or invent objects.
     """
     values, counts = np.unique(label, return_counts=True)
