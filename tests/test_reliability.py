@@ -6,6 +6,7 @@ test_workflow.py, undefined metrics in test_metrics.py and test_evaluate.py."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -16,7 +17,9 @@ import tifffile
 from unetflow.cli import main
 from unetflow.ingest import ingest_slide
 from unetflow.io.errors import InputError
+from unetflow.io.images import read_file
 from unetflow.io.labels import to_instances
+from unetflow.predict import PredictOptions, predict_store
 from unetflow.store import StoreError, open_store, write_dataset
 
 
@@ -147,3 +150,18 @@ def test_a_damaged_chunk_stops_the_next_stage_naming_store_array_and_chunk(small
     assert main(["weights", str(small_store), str(tmp_path / "weights.zarr")]) == 2
     assert f"array 'images/a', chunk (0, 2, 1) ({chunk}) {problem}" in capsys.readouterr().err
     assert not (tmp_path / "weights.zarr").exists()
+
+
+@pytest.mark.parametrize("content, problem", [(b"", "file is empty (0 bytes)"), (b"not an image\n", "cannot be decoded")])
+def test_empty_or_text_png_is_named_without_install_advice(tmp_path, content, problem):
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(InputError, match=re.escape(problem)) as caught:
+        read_file(tmp_path / "x.png")
+    assert str(tmp_path / "x.png") in str(caught.value) and "pip install" not in str(caught.value)
+
+
+def test_predict_with_a_missing_model_leaves_no_partial_folder(small_store, tmp_path):
+    out = tmp_path / "predictions" / "val"
+    with pytest.raises(InputError, match="no model checkpoint"):
+        predict_store(tmp_path / "no-model", small_store, out, "train", PredictOptions.from_settings({}))
+    assert not (tmp_path / "predictions").exists() or not list((tmp_path / "predictions").iterdir())

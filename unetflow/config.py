@@ -1,8 +1,9 @@
 """Configuration: one JSON schema, defaults filled the same way for Snakemake and the CLI.
 
 The schema (``workflow/schemas/config.schema.yaml``, shipped in the package as
-``unetflow/schemas/config.schema.yaml``) is the only place defaults live. Snakemake validates the
-whole config at start with ``snakemake.utils.validate``; each CLI stage receives only its slice
+``unetflow/schemas/config.schema.yaml``) is the only place defaults live. The Snakefile validates
+the whole config at start with :func:`validate_config` (one line per wrong key) and then
+``snakemake.utils.validate`` (which fills the defaults in); each CLI stage receives only its slice
 (``--settings '<json>'``) and fills that slice's defaults from the same schema, so a stage run by
 hand behaves exactly like the rule.
 """
