@@ -13,8 +13,9 @@ import zarr
 
 from unetflow.cli import main
 from unetflow.config import stage_settings
-from unetflow.ingest import ingest_dataset, ingest_slide, make_split
+from unetflow.ingest import ingest_dataset, ingest_slide, make_split, read_dataset
 from unetflow.io.errors import InputError
+from unetflow.io.sources import natural_sorted
 from unetflow.store import open_store, split_names
 
 
@@ -95,6 +96,28 @@ def test_dsb_folders_merge_masks_into_instances(tmp_path):
     assert group["images/a"].shape == (1, 30, 30)  # RGBA -> luminance
 
 
+def test_every_reader_orders_samples_naturally(tmp_path):
+    """img2 before img10 in every folder reader, so val_indices mean the same images everywhere."""
+    for sample in ("img10", "img2", "img1"):
+        (tmp_path / "dsb" / sample / "images").mkdir(parents=True)
+        (tmp_path / "dsb" / sample / "masks").mkdir()
+        iio.imwrite(tmp_path / "dsb" / sample / "images" / f"{sample}.png", np.zeros((20, 20), np.uint8))
+        for k in (10, 2):  # masks in natural order give the instance ids: m2 -> 1, m10 -> 2
+            mask = np.zeros((20, 20), np.uint8)
+            mask[k : k + 3, 1:4] = 255
+            iio.imwrite(tmp_path / "dsb" / sample / "masks" / f"m{k}.png", mask)
+        (tmp_path / "pairs" / "image").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pairs" / "label").mkdir(exist_ok=True)
+        iio.imwrite(tmp_path / "pairs" / "image" / f"{sample}.png", np.zeros((20, 20), np.uint8))
+        iio.imwrite(tmp_path / "pairs" / "label" / f"{sample}.png", two_cells((20, 20)))
+    for fmt in ("dsb", "pairs"):
+        samples = read_dataset(dataset_settings(format=fmt, path=str(tmp_path / fmt)))
+        assert [s.name for s in samples] == ["img1", "img2", "img10"], fmt
+    dsb_label = read_dataset(dataset_settings(format="dsb", path=str(tmp_path / "dsb")))[0].label
+    assert dsb_label[2, 1] == 1 and dsb_label[10, 1] == 2
+    assert natural_sorted(["t0013", "t013", "t12"]) == ["t12", "t0013", "t013"]  # ties by plain text
+
+
 def test_zarr_source_and_lazy_bigtiff_slide(tmp_path):
     slide = np.random.default_rng(2).random((700, 500), dtype=np.float32)
     tifffile.imwrite(tmp_path / "slide.tif", slide, tile=(256, 256), bigtiff=True)
@@ -170,7 +193,7 @@ def test_bad_input_is_named_and_leaves_nothing(tmp_path, capsys, breakage, messa
     out.parent.mkdir()
     assert main(["ingest", "dataset", str(out), "--settings", json.dumps(settings)]) == 2
     err = capsys.readouterr().err
-    assert message in err and str(src) in err
+    assert message in err and str(src) in err and "(expected" in err
     assert_nothing_left(out)
 
 
@@ -247,6 +270,9 @@ def test_tiff_stack_errors(tmp_path, capsys):
 def test_empty_dsb_folder_and_unlabelled_zarr(tmp_path, capsys):
     (tmp_path / "dsb").mkdir()
     assert "contains no sample folders" in run_ingest({"format": "dsb", "path": str(tmp_path / "dsb")}, tmp_path / "d.zarr", capsys)
+    (tmp_path / "file.png").write_bytes(b"")
+    err = run_ingest({"format": "dsb", "path": str(tmp_path / "file.png")}, tmp_path / "d.zarr", capsys)
+    assert "file.png: is a file, not a folder (expected the folder holding the dataset" in err
     zarr.create_array(str(tmp_path / "img.zarr"), data=np.zeros((32, 32), np.uint8))
     err = run_ingest({"format": "zarr", "path": str(tmp_path / "img.zarr")}, tmp_path / "z.zarr", capsys)
     assert "label_path is not set" in err

@@ -46,10 +46,11 @@ def slide_config(name):
 def dataset_sources():
     """The raw files ingest reads, as inputs: edited or added data reruns ingest (and all after
     it), and a wrong path fails the dry run instead of a job. zarr sources count by their
-    metadata file; the synthetic generator has none."""
+    metadata file; the synthetic generator has none (and an unset path is left to ingest, which
+    names the missing key)."""
     ds = config["dataset"]
     fmt = ds["format"]
-    if fmt == "synthetic":
+    if fmt == "synthetic" or not ds["path"]:
         return []
     if fmt == "pairs":
         return sorted(glob.glob(os.path.join(ds["path"], ds["image_glob"]))) + sorted(
@@ -57,6 +58,12 @@ def dataset_sources():
         ) or [ds["path"]]
     if fmt == "dsb":
         return sorted(glob.glob(os.path.join(ds["path"], "*", "*", "*.png"))) or [ds["path"]]
+    if fmt == "ctc":
+        # every frame and every mask of the annotation kinds read (a superset of the files used:
+        # unselected sequences and frames without a mask count too; a rerun too many, never too few)
+        kinds = {"gold": ["GT"], "silver": ["ST"], "gold_then_silver": ["GT", "ST"]}[ds["ctc"]["annotation"]]
+        patterns = [os.path.join("*", "t*.tif*")] + [os.path.join(f"*_{kind}", "SEG", "man_seg*.tif*") for kind in kinds]
+        return sorted(path for pattern in patterns for path in glob.glob(os.path.join(ds["path"], pattern))) or [ds["path"]]
     if fmt == "tiff_stack":
         return [ds["path"], ds["label_path"]]
     return [ds["path"], ds["label_path"]] if ds["label_path"] else [ds["path"]]
