@@ -651,6 +651,7 @@ def predict_store(
     """
     out_dir = Path(out_dir)
     names = split_names(open_store(image_store), split)
+    _load_for_checks(Path(model_path))  # a missing or unreadable model fails before anything is written
     staging = out_dir.with_name(out_dir.name + PARTIAL)
     staging.mkdir(parents=True, exist_ok=True)
     with DaskRunner(options) as runner:

@@ -32,6 +32,7 @@ from unetflow.store import (
     TARGETS,
     WEIGHTS,
     atomic_output,
+    checked_codecs,
     open_store,
     split_names,
     store_meta,
@@ -93,8 +94,9 @@ def _write_targets(
 ) -> int:
     """Store the class targets and the border term of one image, one chunk at a time; returns
     how many object pixels the gap rule turned into background."""
-    classes_out = out[TARGETS].create_array(name, shape=labels.shape, chunks=chunks, dtype="uint8", fill_value=0)
-    term_out = out[WEIGHTS].create_array(name, shape=labels.shape, chunks=chunks, dtype="float32", fill_value=0.0)
+    arrays = {"shape": labels.shape, "chunks": chunks, "fill_value": 0, "compressors": checked_codecs()}
+    classes_out = out[TARGETS].create_array(name, dtype="uint8", **arrays)
+    term_out = out[WEIGHTS].create_array(name, dtype="float32", **arrays)
     gap_pixels = 0
     for ys, xs in block_slices(labels.shape, chunks):
         try:

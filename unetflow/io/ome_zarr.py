@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import connected_components
 from zarr.codecs import BloscCodec
 
 from unetflow.instances import grow_seeds
-from unetflow.store import ATTRS_KEY, StoreError, open_group_readonly
+from unetflow.store import ATTRS_KEY, StoreError, checked_codecs, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
 
 NGFF_VERSION = "0.5"
@@ -132,11 +132,13 @@ def create_prediction(
             chunks=(n_classes, chunk, chunk),
             dtype=dtype,
             fill_value=0.0,
-            compressors=PROBABILITY_CODEC,
+            compressors=checked_codecs(PROBABILITY_CODEC),
             dimension_names=["c", "y", "x"],
         )
     if seeds:
-        root.create_array(SEEDS, shape=(height, width), chunks=(chunk, chunk), dtype="int32", fill_value=0)
+        root.create_array(
+            SEEDS, shape=(height, width), chunks=(chunk, chunk), dtype="int32", fill_value=0, compressors=checked_codecs()
+        )
     labels = root.create_group(LABELS)
     labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": ["semantic", "instances"]}
     for multiscale, label_dtype, colours in (
@@ -160,6 +162,7 @@ def create_prediction(
                 chunks=(chunk, chunk),
                 dtype=label_dtype,
                 fill_value=0,
+                compressors=checked_codecs(),
                 dimension_names=["y", "x"],
             )
     return root

@@ -4,6 +4,9 @@ import glob
 import json
 import os
 import shlex
+import sys
+
+from snakemake.settings.types import DeploymentMethod
 
 RESULTS = config["results"]
 DATASET = config["dataset"]["name"]
@@ -14,8 +17,16 @@ SLIDES = [slide["name"] for slide in config["slides"]]
 # directory, and in the per-stage conda environments (which carry the dependencies only, and from
 # whose jobs Snakemake deletes an inherited PYTHONPATH). No path goes into params or the rule's
 # command text, so a moved checkout reruns nothing.
+# Without conda, `python` must be the interpreter that runs Snakemake (it has unetflow's
+# dependencies), not whichever `python` comes first on PATH when `.venv/bin/snakemake` is called
+# without activating the venv: its folder leads PATH. Under --use-conda the env's activation
+# (which Snakemake places before the prefix) decides, so PATH is left alone.
 # (Snakemake formats the prefix like a command, hence the doubled braces.)
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+USES_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+INTERPRETER = "" if USES_CONDA else f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
+shell.prefix(
+    f"set -euo pipefail; {INTERPRETER}export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
 
 
 def settings(*sections):

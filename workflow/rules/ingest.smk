@@ -23,7 +23,7 @@ rule ingest_dataset:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m unetflow ingest dataset {output.store:q} --preview {output.plot:q} --settings {params.settings:q} > {log} 2>&1"
+        "python -m unetflow ingest dataset {output.store:q} --preview {output.plot:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule ingest_slide:
@@ -38,6 +38,7 @@ rule ingest_slide:
                 "slide": slide_config(wc.slide),
                 "channels": config["dataset"]["channels"],
                 "rgb_rule": config["dataset"]["rgb_rule"],
+                "non_finite": config["dataset"]["non_finite"],
             },
             sort_keys=True,
         ),
@@ -50,4 +51,4 @@ rule ingest_slide:
         mem_mb=4000,
         runtime=120,
     shell:
-        "python -m unetflow ingest slide {output:q} --normalization-from {input.data:q} --settings {params.settings:q} > {log} 2>&1"
+        "python -m unetflow ingest slide {output:q} --normalization-from {input.data:q} --settings {params.settings:q} > {log:q} 2>&1"
