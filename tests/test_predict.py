@@ -27,6 +27,7 @@ from unetflow.io.ome_zarr import (
     open_ome_image,
 )
 from unetflow.model import UNet, save_checkpoint
+from unetflow.normalize import Normalization
 from unetflow.predict import (
     DIHEDRAL,
     CachedChunks,
@@ -43,15 +44,15 @@ from unetflow.tiling import read_window
 def _model(path: Path, depth: int = 2, padding: str = "valid", in_channels: int = 1, seed: int = 0) -> UNet:
     torch.manual_seed(seed)
     net = UNet(in_channels=in_channels, n_classes=2, depth=depth, base_channels=4, padding=padding).eval()
-    save_checkpoint(path, net)
+    # an identity recipe, so the whole-image reference sees exactly the stored pixels
+    identity = Normalization("zscore", mean=(0.0,) * in_channels, std=(1.0,) * in_channels)
+    save_checkpoint(path, net, normalization=identity.to_json())
     return net
 
 
 def _store(path: Path, images: dict[str, np.ndarray], val: list[str] | None = None) -> Path:
-    channels = next(iter(images.values())).shape[0]
-    norm = {"mean": [0.0] * channels, "std": [1.0] * channels}
     split = {"train": [n for n in images if n not in (val or [])], "val": val or []}
-    return write_dataset(path, images, normalization=norm, split=split, chunk=64)
+    return write_dataset(path, images, split=split, chunk=64)
 
 
 def _image(height: int, width: int, seed: int = 0, channels: int = 1) -> np.ndarray:
