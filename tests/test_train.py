@@ -118,6 +118,30 @@ def test_sampler_is_deterministic_and_mirrors_at_borders(tmp_path: Path) -> None
     assert inner[label == 1].mean() > inner[label == 0].mean() + 0.5
 
 
+def test_normalisation_uses_train_pixels_only_and_each_images_own_percentiles(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pairs = {f"im{i}": _blobs(rng, 40, 4) for i in range(3)}
+    labels = {name: label for name, (_, label) in pairs.items()}
+    split = {"train": ["im0", "im1"], "val": ["im2"]}
+    _write_ones_weights(tmp_path / "weights.zarr", labels)
+    recipes, val_images = {}, {}
+    for case, val_gain in (("plain", 1.0), ("huge", 1e6)):  # a validation image of huge values ...
+        images = {name: image * (val_gain if name == "im2" else 1.0) for name, (image, _) in pairs.items()}
+        data = write_dataset(tmp_path / f"{case}.zarr", images, labels, split=split, chunk=64)
+        for method in ("zscore", "percentile"):
+            trainer = Trainer(data, tmp_path / "weights.zarr", tmp_path / "w", _model_settings(
+                normalization={"method": method}), _train_settings())
+            recipes[case, method] = trainer.normalization
+            val_images[case, method] = trainer.val_arrays[0][0]
+    assert recipes["plain", "zscore"] == recipes["huge", "zscore"]  # ... does not move the zscore statistics
+    train_pixels = np.concatenate([pairs[n][0].ravel() for n in split["train"]])
+    assert recipes["plain", "zscore"].mean == pytest.approx((train_pixels.mean(),), rel=1e-5)
+    # percentile: every image is scaled by its own percentiles, so the gain makes no difference
+    np.testing.assert_allclose(val_images["huge", "percentile"], val_images["plain", "percentile"], atol=1e-5)
+    low, high = np.percentile(pairs["im2"][0].astype(np.float64), [1.0, 99.8])
+    np.testing.assert_allclose(val_images["plain", "percentile"], (pairs["im2"][0] - low) / (high - low), atol=1e-5)
+
+
 RESUME_TRAIN = {"steps": 6, "val_every": 2, "checkpoint_every": 3, "optimizer": "sgd"}
 
 
