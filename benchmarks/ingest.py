@@ -1,7 +1,7 @@
 """Benchmark: streaming a giant synthetic slide into zarr and ingesting it, memory bounded.
 
 For each slide edge, one fresh subprocess generates the slide chunk by chunk into a raw zarr
-array and ingests it (dataset-wide statistics, normalisation, rechunking), as `make run` does.
+array and ingests it (rechunking into the store, pixels as acquired), as `make run` does.
 Prints wall time, throughput and the subprocess's peak RSS next to the baseline a naive
 in-memory pipeline needs at the least: the whole float32 slide held once (size^2 x 4 bytes).
 The ratio column is peak RSS / that baseline; the last line compares peak RSS of the largest
