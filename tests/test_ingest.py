@@ -55,9 +55,11 @@ def test_pairs_folder_binary_labels_become_instances(tmp_path):
     assert label.dtype == np.int32 and label.max() == 2  # two cells split by the membrane
     image = group["images/0"][:]
     assert image.shape == (1, 40, 48) and image.dtype == np.float32
-    # normalised with dataset-wide statistics: zero mean, unit std over all images together
-    all_pixels = np.concatenate([group[f"images/{n}"][:].ravel() for n in meta["names"]])
-    assert abs(all_pixels.mean()) < 1e-4 and abs(all_pixels.std() - 1) < 1e-3
+    # pixels as acquired (normalisation belongs to the model), in a store marked as such
+    for n in meta["names"]:
+        source = iio.imread(tmp_path / "src" / "image" / f"{n}.png")
+        np.testing.assert_array_equal(group[f"images/{n}"][0], source.astype(np.float32))
+    assert meta["format"] == 2 and "normalization" not in meta
     assert len(meta["provenance"]["sources"]) == 6
     assert all(len(src["sha256"]) == 64 for src in meta["provenance"]["sources"])
 
@@ -125,8 +127,7 @@ def test_zarr_source_and_lazy_bigtiff_slide(tmp_path):
     group = open_store(out, "dataset")
     stored = group["images/s"]
     assert stored.shape == (1, 700, 500) and stored.chunks == (1, 256, 256)
-    expected = (slide - slide.mean()) / slide.std()
-    assert np.allclose(stored[0], expected, atol=1e-4)
+    np.testing.assert_array_equal(stored[0], slide)  # as acquired: predict normalises with the model's recipe
     assert not group.attrs["unetflow"]["labelled"]
 
     zarr.create_array(str(tmp_path / "img.zarr"), data=(slide[:64, :64] * 255).astype(np.uint8))
@@ -284,11 +285,11 @@ def test_hold_out_that_the_data_cannot_give_is_an_error():
     assert make_split(["only"], {"val_fraction": 0, "seed": 0, "val_indices": None}) == {"train": ["only"], "val": []}
 
 
-def test_slide_uses_the_training_statistics(tmp_path):
+def test_slide_and_dataset_stores_hold_pixels_as_acquired(tmp_path):
     slide = np.random.default_rng(3).random((1, 300, 200), dtype=np.float32) * 4
     zarr.create_array(str(tmp_path / "raw.zarr"), data=slide)
-    stats = {"method": "zscore", "mean": [0.5], "std": [2.0]}
-    out = ingest_slide({"name": "s", "format": "zarr", "path": str(tmp_path / "raw.zarr"), "chunk": 128}, 1, "luminance", tmp_path / "s.zarr", stats)
+    out = ingest_slide({"name": "s", "format": "zarr", "path": str(tmp_path / "raw.zarr"), "chunk": 128}, 1, "luminance", tmp_path / "s.zarr")
     group = open_store(out, "dataset")
-    assert group.attrs["unetflow"]["normalization"] == stats
-    assert np.allclose(group["images/s"][:], (slide - 0.5) / 2.0, atol=1e-6)
+    assert group.attrs["unetflow"]["format"] == 2 and "normalization" not in group.attrs["unetflow"]
+    np.testing.assert_array_equal(group["images/s"][:], slide)
+

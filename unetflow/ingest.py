@@ -1,4 +1,4 @@
-"""The ingest stage: raw files (or the synthetic generator) -> one normalised zarr store.
+"""The ingest stage: raw files (or the synthetic generator) -> one zarr store of pixels as acquired.
 
 A dataset store holds every labelled image with its instance labels and a train/validation split;
 a slide store holds one (possibly huge) unlabelled image. Both record where the data came from
@@ -114,20 +114,14 @@ def ingest_dataset(settings: dict[str, Any], out: str | Path) -> Path:
 
 
 def ingest_slide(
-    slide: dict[str, Any],
-    channels: int,
-    rgb_rule: str,
-    out: str | Path,
-    normalization: dict[str, Any] | None = None,
-    non_finite: dict[str, Any] | None = None,
+    slide: dict[str, Any], channels: int, rgb_rule: str, out: str | Path, non_finite: dict[str, Any] | None = None
 ) -> Path:
     """Write one unlabelled slide store, streaming: the slide is never held in memory whole.
 
-    ``normalization`` should be the training dataset's statistics (the workflow passes them):
-    the network must see slide pixels scaled exactly like its training pixels, and a whole slide
-    that is mostly empty glass has very different statistics of its own. Without it the slide's
-    own statistics are used. Non-finite pixels follow ``non_finite`` (the dataset's
-    ``non_finite`` section; None refuses them), chunk by chunk. A synthetic slide is first generated as a raw zarr array beside
+    Pixels are stored as acquired (after the channel conversion); ``predict`` normalises them
+    with the model's recipe and the whole slide's statistics. Non-finite pixels follow
+    ``non_finite`` (the dataset's ``non_finite`` section; None refuses them), chunk by chunk. A
+    synthetic slide is first generated as a raw zarr array beside
     ``out`` (removed afterwards), then ingested like any zarr source.
     """
     out = Path(out)
@@ -148,7 +142,6 @@ def ingest_slide(
             {slide["name"]: image},
             None,
             split={"train": [], "val": []},
-            normalization=normalization,
             chunk=slide["chunk"],
             provenance=_provenance([source], {**slide, "channels": channels, "rgb_rule": rgb_rule, "non_finite": non_finite}),
         )

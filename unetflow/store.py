@@ -4,13 +4,13 @@ Every stage reads and writes through these names, so the layout is defined once:
 
 ``data.zarr`` (ingest), a zarr v3 group::
 
-    images/<name>   float32 (C, Y, X), normalised with dataset-wide statistics
+    images/<name>   float32 (C, Y, X), pixels as acquired (normalised by the model's recipe when read)
     labels/<name>   int32 (Y, X) instance ids, 0 = background (absent for unlabelled slides)
     attrs["unetflow"] = {
         "kind": "dataset",
         "names": [...],                      # image names in ingestion order
         "split": {"train": [...], "val": [...]},
-        "normalization": {"method": "zscore", "mean": [..per channel..], "std": [...]},
+        "format": 2,                         # 2 = raw pixels; stores without it were normalised at ingest
         "channels": C, "labelled": bool,
         "provenance": {...},                 # sources, checksums, config slice, versions
     }
@@ -60,6 +60,10 @@ LABELS = "labels"
 WEIGHTS = "weights"
 TARGETS = "targets"
 ATTRS_KEY = "unetflow"
+DATASET_FORMAT = 2
+"""Version of the dataset layout. 2: images hold pixels as acquired (normalisation is part of the
+model, ``unetflow.normalize``). Older stores hold pixels normalised at ingest; reading them would
+normalise twice, so they are refused."""
 
 
 class StoreError(ValueError):
@@ -167,6 +171,12 @@ def open_store(path: str | Path, kind: str | None = None) -> zarr.Group:
         raise StoreError(f"{path}: not a unetflow store (no '{ATTRS_KEY}' attributes)")
     if kind is not None and meta.get("kind") != kind:
         raise StoreError(f"{path}: expected a {kind!r} store, found {meta.get('kind')!r}")
+    if meta.get("kind") == "dataset" and meta.get("format", 1) < DATASET_FORMAT:
+        raise StoreError(
+            f"{path}: written by an older unetflow that stored normalised pixels (store format"
+            f" {meta.get('format', 1)}, expected {DATASET_FORMAT}: pixels as acquired); re-run ingest"
+            " (delete the store, then run the workflow or 'unetflow ingest' again)"
+        )
     verify_store(group, path)
     return group
 
@@ -187,35 +197,12 @@ def split_names(group: zarr.Group, split: str) -> list[str]:
         raise StoreError(f"store has no split {split!r}; known: {sorted(meta.get('split', {}))}") from exc
 
 
-def _as_dask(image: Any, chunk: int) -> Any:
+def as_dask(image: Any, chunk: int) -> Any:
     """A (C, Y, X) dask view of ``image`` chunked for streaming."""
     import dask.array as da
 
     arr = image if isinstance(image, da.Array) else da.from_array(image, chunks=(-1, chunk, chunk))
     return arr.rechunk((arr.shape[0], chunk, chunk))
-
-
-def channel_statistics(images: Mapping[str, Any], chunk: int = 1024) -> dict[str, Any]:
-    """Dataset-wide per-channel mean and std of raw (C, Y, X) images, computed chunk by chunk.
-
-    Normalising every tile with these (never with per-tile statistics) is what keeps tiled
-    predictions seamless.
-    """
-    import dask.array as da
-
-    sums, sq_sums, count = None, None, 0
-    for image in images.values():
-        arr = _as_dask(image, chunk).astype("float64")
-        s, sq = da.compute(arr.sum(axis=(1, 2)), (arr * arr).sum(axis=(1, 2)))
-        sums = s if sums is None else sums + s
-        sq_sums = sq if sq_sums is None else sq_sums + sq
-        count += arr.shape[1] * arr.shape[2]
-    if count == 0 or sums is None:
-        raise StoreError("cannot compute statistics of an empty dataset")
-    mean = sums / count
-    std = np.sqrt(np.maximum(sq_sums / count - mean * mean, 0.0))
-    std = np.where(std > 1e-12, std, 1.0)
-    return {"method": "zscore", "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
 
 
 def write_dataset(
@@ -224,7 +211,6 @@ def write_dataset(
     labels: Mapping[str, Any] | None = None,
     *,
     split: dict[str, list[str]] | None = None,
-    normalization: dict[str, Any] | None = None,
     chunk: int = 512,
     provenance: dict[str, Any] | None = None,
 ) -> Path:
@@ -232,18 +218,14 @@ def write_dataset(
 
     ``images`` maps names to raw (C, Y, X) numpy or dask arrays (a dask array is streamed chunk by
     chunk, so a slide larger than memory is fine); ``labels`` maps the same names to (Y, X)
-    integer instance-id arrays. Images are normalised with ``normalization`` (computed over all
-    images when None) before storing as float32.
+    integer instance-id arrays. Images are stored as float32 pixels as acquired: normalisation
+    belongs to the model (``unetflow.normalize``), so one store serves models of any recipe.
     """
     import dask.array as da
 
     names = list(images)
     if labels is not None and set(labels) != set(names):
         raise StoreError("labels must have exactly the same names as images")
-    if normalization is None:
-        normalization = channel_statistics(images)
-    mean = np.asarray(normalization["mean"], dtype="float32")[:, None, None]
-    std = np.asarray(normalization["std"], dtype="float32")[:, None, None]
     split = split or {"train": names, "val": []}
     path = Path(path)
     with atomic_output(path) as tmp:
@@ -252,7 +234,7 @@ def write_dataset(
         lab_group = root.create_group(LABELS) if labels is not None else None
         channels = None
         for name in names:
-            arr = _as_dask(images[name], chunk)
+            arr = as_dask(images[name], chunk)
             channels = arr.shape[0]
             target = img_group.create_array(
                 name,
@@ -262,7 +244,7 @@ def write_dataset(
                 fill_value=0.0,
                 compressors=checked_codecs(),
             )
-            da.store(((arr.astype("float32") - mean) / std).astype("float32"), target, lock=False)
+            da.store(arr.astype("float32"), target, lock=False)
             if lab_group is not None:
                 lab = np.asarray(labels[name], dtype="int32")
                 lab_target = lab_group.create_array(
@@ -273,7 +255,7 @@ def write_dataset(
             "kind": "dataset",
             "names": names,
             "split": split,
-            "normalization": normalization,
+            "format": DATASET_FORMAT,
             "channels": channels,
             "labelled": labels is not None,
             "chunk": chunk,

@@ -29,9 +29,10 @@ from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.config import ConfigError
 from unetflow.devices import pick_device
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
+from unetflow.normalize import Normalization
 from unetflow.sampling import TileSampler, open_split
 from unetflow.predict import TilePredictor, argmax_classes, predict_region, tile_layout
-from unetflow.store import StoreError, atomic_output, open_store, split_names, store_meta
+from unetflow.store import IMAGES, StoreError, atomic_output, open_store, split_names, store_meta
 from unetflow.tiling import ChunkGrid
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,9 @@ class Trainer:
             raise StoreError(f"{weights_store}: has no class targets (written by an older unetflow); run the weights stage again")
         # What predict needs to turn the model's classes into objects travels with the weights.
         self.recipe = {key: weights_meta[key] for key in ("target", "instances", "object_size")}
+        architecture = {k: v for k, v in model_settings.items() if k != "normalization"}
         self.model = UNet(
-            in_channels=int(self.meta["channels"]), n_classes=int(weights_meta["n_classes"]), **model_settings
+            in_channels=int(self.meta["channels"]), n_classes=int(weights_meta["n_classes"]), **architecture
         ).to(self.device)
         self.out_size = self.model.valid_output_size(cfg["tile"])
         self.in_size = self.model.input_size(self.out_size)
@@ -117,8 +119,13 @@ class Trainer:
         self.augmenter = Augmenter(
             AugmentSettings.from_config(cfg["augment"]), self.in_size, self.out_size, self.augment_generator
         )
-        train_arrays = open_split(data_store, weights_store, split_names(data, "train"))
-        self.val_arrays = open_split(data_store, weights_store, split_names(data, "val"))
+        train_names = split_names(data, "train")
+        # zscore statistics come from the training images only: no validation/test pixel shapes the model
+        self.normalization = Normalization.from_settings(model_settings.get("normalization", {})).fit(
+            {name: data[IMAGES][name] for name in train_names}
+        )
+        train_arrays = open_split(data_store, weights_store, train_names, self.normalization)
+        self.val_arrays = open_split(data_store, weights_store, split_names(data, "val"), self.normalization)
         self.sampler = TileSampler(
             train_arrays, self.out_size, self.model.margin, self.augmenter.border, self.sampler_generator
         )
@@ -230,6 +237,7 @@ class Trainer:
             history=self.history,
             rng=self._rng_state(),
             settings=self.settings,
+            normalization=self.normalization.to_json(),
             inputs=json.dumps(self.inputs, sort_keys=True),
         )
         self.write_metrics()
@@ -243,6 +251,7 @@ class Trainer:
             val_iou=val_iou,
             settings=self.settings,
             recipe=self.recipe,
+            normalization=self.normalization.to_json(),
         )
 
     def resume(self) -> bool:
@@ -322,7 +331,7 @@ class Trainer:
         write_model_json(
             self.work_dir,
             self.model,
-            normalization=self.meta.get("normalization"),
+            normalization=self.normalization.to_json(),
             recipe=self.recipe,
             train=self.settings["train"],
             tile={"input": self.in_size, "output": self.out_size, "margin": self.model.margin},

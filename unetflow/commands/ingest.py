@@ -58,28 +58,18 @@ def run(args: argparse.Namespace) -> None:
             plot_dataset_overview(open_store(out, "dataset"), args.preview)
     else:
         given = _slide_settings(args)
-        normalization = None
-        if args.normalization_from:
-            from unetflow.store import open_store, store_meta
-
-            normalization = store_meta(open_store(args.normalization_from, "dataset"))["normalization"]
-        ingest_slide(given["slide"], given["channels"], given["rgb_rule"], args.out, normalization, given["non_finite"])
+        ingest_slide(given["slide"], given["channels"], given["rgb_rule"], args.out, given["non_finite"])
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ingest",
-        help="read raw images/labels (or generate synthetic ones) into a normalised zarr store",
+        help="read raw images/labels (or generate synthetic ones) into a zarr store (pixels as acquired)",
         description=__doc__,
     )
     parser.add_argument("kind", choices=["dataset", "slide"], help="a labelled dataset or one unlabelled slide")
     parser.add_argument("out", help="output zarr store (written atomically)")
     parser.add_argument("--name", help="slide name in the --config file's slides list (kind slide only)")
-    parser.add_argument(
-        "--normalization-from",
-        metavar="DATA_STORE",
-        help="kind slide: normalise with this training dataset's statistics (else the slide's own)",
-    )
     parser.add_argument("--preview", metavar="PNG", help="also write the dataset overview figure (kind dataset only)")
     add_settings_arguments(parser, "dataset")
     parser.set_defaults(func=run)
