@@ -185,9 +185,11 @@ def bench_source(args: argparse.Namespace, work: Path) -> list[tuple[str, dict]]
 
     killed = run_child(args, work, "predict", kill_when=half_done, out="resumed.ome.zarr")
     done_at_kill = sum(1 for _ in markers.iterdir()) if markers.is_dir() else 0
+    killed["megapixels"] = done_at_kill * args.chunk**2 / 1e6  # MP/s of these rows: of the chunks done
     rows.append(("predict, SIGKILL at ~50 %", killed))
     resumed = run_child(args, work, "predict", out="resumed.ome.zarr")
     resumed.update(total=total, done_at_kill=done_at_kill, was_killed=killed["killed"])
+    resumed["megapixels"] = resumed["computed"] * args.chunk**2 / 1e6
     rows.append(("predict, rerun after the kill", resumed))
     shutil.rmtree(work / "resumed.ome.zarr")
     return rows
@@ -201,7 +203,7 @@ def report(args: argparse.Namespace, source: str, rows: list[tuple[str, dict]]) 
     print(header)
     print("-" * len(header))
     for label, row in rows:
-        stage_mp = row.get("megapixels", mp)  # the raw forward runs a sample of the slide
+        stage_mp = row.get("megapixels", mp)  # the raw forward and resume rows cover part of the slide
         print(
             f"{label:<32} {row['seconds']:>9.1f} {stage_mp / row['seconds']:>7.3f} {row['cpu']:>8.1f}"
             f" {stage_mp / row['cpu']:>9.3f} {row['peak_mb']:>12.0f}"
