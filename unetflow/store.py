@@ -56,6 +56,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 zarr.config.set({"array.write_empty_chunks": True})
 
 log = logging.getLogger(__name__)
+
 IMAGES = "images"
 LABELS = "labels"
 WEIGHTS = "weights"
