@@ -73,12 +73,13 @@ def options(args: argparse.Namespace) -> PredictOptions:
     )
 
 
-def windows_in_memory(net: UNet, image: np.ndarray, args: argparse.Namespace) -> np.ndarray:
-    """Every input window ours runs, in the same order, as one in-memory array."""
+def windows_in_memory(net: UNet, image: np.ndarray, args: argparse.Namespace, chunks: int | None = None) -> np.ndarray:
+    """Every input window ours runs (of the first ``chunks`` output chunks), in the same order,
+    as one in-memory array. ``image`` is a (C, Y, X) numpy or zarr array."""
     _, h, w = image.shape
     layout = tile_layout(net, args.tile, args.chunk, h, w)
     found = []
-    for _, region in ChunkGrid(h, w, args.chunk):
+    for _, region in list(ChunkGrid(h, w, args.chunk))[:chunks]:
         for tile in layout.tiles(region):
             box = layout.window(tile)
             found.append(read_window(image, box.y0, box.x0, box.height, box.width))

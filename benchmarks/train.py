@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,14 +106,17 @@ def _dataset(root: Path, n_images: int, size: int) -> tuple[Path, Path]:
     return data, weights
 
 
-def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    """Mean data and compute seconds per training step after warm-up steps."""
+def bench_training(args: argparse.Namespace, device: torch.device, **train_overrides: Any) -> dict[str, float]:
+    """Mean data and compute seconds per training step after warm-up steps (``train_overrides``:
+    further ``train`` settings, e.g. ``amp=False``)."""
     with tempfile.TemporaryDirectory() as tmp:
         data, weights = _dataset(Path(tmp), args.images, args.image_size)
         model = stage_settings("model", json.dumps({"depth": args.depth, "base_channels": args.base_channels}))
         train = stage_settings(
             "train",
-            json.dumps({"device": device.type, "tile": args.tile, "batch_size": args.batch_size, "steps": 10**6}),
+            json.dumps(
+                {"device": device.type, "tile": args.tile, "batch_size": args.batch_size, "steps": 10**6, **train_overrides}
+            ),
         )
         trainer = Trainer(data, weights, Path(tmp) / "work", model, train)
         data_s, compute_s = [], []

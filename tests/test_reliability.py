@@ -122,8 +122,7 @@ def small_store(tmp_path):
     hold only the fill value and are stored all the same)."""
     images = {"a": np.ones((1, 96, 64), np.float32), "z": np.zeros((1, 96, 64), np.float32)}
     labels = {"a": np.ones((96, 64), np.int32), "z": np.zeros((96, 64), np.int32)}
-    normalization = {"method": "zscore", "mean": [0.0], "std": [1.0]}
-    return write_dataset(tmp_path / "data.zarr", images, labels, normalization=normalization, chunk=32)
+    return write_dataset(tmp_path / "data.zarr", images, labels, chunk=32)
 
 
 def test_every_chunk_is_stored_with_a_checksum(small_store):

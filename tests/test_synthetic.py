@@ -1,7 +1,10 @@
 import numpy as np
+import pytest
 import zarr
+from scipy import ndimage
+from scipy.spatial import cKDTree
 
-from unetflow.synthetic import CellStyle, make_dataset, render_region, write_giant_slide
+from unetflow.synthetic import CellStyle, _grid_seeds, _smooth_field, make_dataset, render_region, write_giant_slide
 
 
 def test_dataset_is_seeded_and_has_touching_cells():
@@ -44,3 +47,27 @@ def test_giant_slide_streams_chunks_into_zarr(tmp_path):
     expected, _ = render_region(2, 256, 256, 256, 256, CellStyle(noise=0.0))
     assert np.allclose(array[0, 256:512, 256:512], expected, atol=1e-6)
     assert not list(tmp_path.glob(".*tmp*"))  # nothing temporary left behind
+
+
+@pytest.mark.parametrize("style", [CellStyle(), CellStyle(cell_radius=6.0, membrane_width=1.0, missing_fraction=0.3)])
+def test_labels_are_the_exact_voronoi_of_a_kdtree(style):
+    """The compiled search of nearby grid cells finds the nearest seed exactly, as a k-d tree over
+    all seeds does (the generator's reference implementation before it was compiled)."""
+    seed, y0, x0, size = 7, 3000, -500, 200
+    halo = int(np.ceil(style.membrane_width)) + 3
+    spacing, warp = 2 * style.cell_radius, 0.5 * style.cell_radius
+    ys = np.arange(y0 - halo, y0 + size + halo, dtype=np.float64)
+    xs = np.arange(x0 - halo, x0 + size + halo, dtype=np.float64)
+    wy = ys[:, None] + warp * _smooth_field(seed, 1, ys, xs, 3 * spacing)
+    wx = xs[None, :] + warp * _smooth_field(seed, 2, ys, xs, 3 * spacing)
+    rows = np.arange(y0 // spacing - 5, (y0 + size) // spacing + 6)
+    cols = np.arange(x0 // spacing - 5, (x0 + size) // spacing + 6)
+    gy, gx = np.meshgrid(rows, cols, indexing="ij")
+    pos, ids, props = _grid_seeds(seed, spacing, gy.ravel(), gx.ravel(), style.missing_fraction)
+    _, nearest = cKDTree(pos).query(np.stack([wy.ravel(), wx.ravel()], axis=-1))
+    cell = nearest.reshape(wy.shape)
+    window = max(1, int(round(style.membrane_width))) + 1
+    membrane = ndimage.maximum_filter(cell, size=window) != ndimage.minimum_filter(cell, size=window)
+    expected = np.where(props[cell, 0].astype(bool) & ~membrane, ids[cell], 0)[halo:-halo, halo:-halo]
+    _, labels = render_region(seed, y0, x0, size, size, style)
+    assert np.array_equal(labels, expected)

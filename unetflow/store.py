@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -55,6 +57,8 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 #: which all import this module.
 zarr.config.set({"array.write_empty_chunks": True})
 
+log = logging.getLogger(__name__)
+
 IMAGES = "images"
 LABELS = "labels"
 WEIGHTS = "weights"
@@ -70,6 +74,22 @@ class StoreError(ValueError):
     """A store is missing, incomplete or not of the expected kind."""
 
 
+def _remove(path: Path, attempts: int = 5) -> None:
+    """Delete a file or folder, retrying briefly: when a parallel write failed, dask may still be
+    finishing other chunk writes into the folder while it is removed. A failure to clean up is
+    logged, never raised, so it cannot hide the error that made the write fail."""
+    for attempt in range(attempts):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if not path.exists() and not path.is_symlink():
+            return
+        time.sleep(0.1 * (attempt + 1))
+    log.warning("could not remove %s; delete it by hand", path)
+
+
 @contextlib.contextmanager
 def atomic_output(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` only on success.
@@ -83,14 +103,12 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
-        shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+        _remove(stale)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        _remove(tmp)
         raise
     if final.exists():
         shutil.rmtree(final) if final.is_dir() else final.unlink()

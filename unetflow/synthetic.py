@@ -10,6 +10,11 @@ Everything is a pure function of (seed, pixel coordinates): ``render_region`` gi
 pixels for a region whether it is rendered alone or as part of a larger one (up to the pixel noise,
 which is seeded per region). That is what lets ``write_giant_slide`` stream a slide of any size
 chunk by chunk into zarr with no seams and without holding it in memory.
+
+The per-pixel work (warp, nearest seed, membranes, texture) runs in numba-compiled kernels, rows
+in parallel: several times faster than the numpy + k-d tree version it replaced, with bit-identical
+output (tests/test_synthetic.py checks the cells against a k-d tree; benchmarks/synthetic.py
+measures the speed against that version from git history).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from numba import njit, prange
 from scipy import ndimage
-from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from unetflow.store import atomic_output
 
 _WAVES = 6  # sinusoids summed for each smooth field
+_JITTER_LOW, _JITTER_SPAN = 0.15, 0.7  # a seed lies in [0.15, 0.85] of its grid cell on each axis
 
 
 @dataclass(frozen=True)
@@ -63,29 +69,133 @@ def _grid_seeds(
         h ^= np.uint64(seed & 0xFFFFFFFF) * np.uint64(83492791)
         rng_vals = [_mix(h + np.uint64(k) * np.uint64(0x9E3779B97F4A7C15)) for k in range(4)]
     jitter_y, jitter_x, keep, shade = rng_vals
-    pos = np.stack([(gy + 0.15 + 0.7 * jitter_y) * spacing, (gx + 0.15 + 0.7 * jitter_x) * spacing], axis=-1)
+    pos = np.stack(
+        [(gy + _JITTER_LOW + _JITTER_SPAN * jitter_y) * spacing, (gx + _JITTER_LOW + _JITTER_SPAN * jitter_x) * spacing],
+        axis=-1,
+    )
     ids = (gy.astype(np.int64) + 2**20) * 2**21 + (gx.astype(np.int64) + 2**20)
     return pos, ids, np.stack([keep >= missing, shade], axis=-1)
 
 
-def _smooth_field(seed: int, stream: int, ys: np.ndarray, xs: np.ndarray, wavelength: float) -> np.ndarray:
-    """A smooth random field in [-1, 1] on the grid ``ys`` x ``xs`` (a sum of random plane waves).
+def _wave_factors(seed: int, stream: int, ys: np.ndarray, xs: np.ndarray, wavelength: float) -> tuple[np.ndarray, np.ndarray]:
+    """Separable factors of a smooth random field (a sum of ``_WAVES`` random plane waves).
 
-    Defined at any coordinate, so separately rendered regions agree. Each wave is evaluated
-    separably, sin(a + b) = sin a cos b + cos a sin b, with a depending on y only and b on x only:
-    two outer products instead of a sine per pixel.
+    Each wave is sin(a + b) = sin a cos b + cos a sin b with ``a`` depending on y only and ``b``
+    on x only, so the field at (i, j) is ``rows[i] @ cols[j] / _WAVES`` with ``rows`` (Y, 2W) and
+    ``cols`` (X, 2W): a few sines per row and column instead of one per pixel. Defined at any
+    coordinate, so separately rendered regions agree.
     """
     rng = np.random.default_rng([seed & 0xFFFFFFFF, stream])  # independent field per stream
-    out = np.zeros((ys.size, xs.size))
+    rows, cols = [], []
     for _ in range(_WAVES):
         angle = rng.uniform(0, 2 * math.pi)
         freq = 2 * math.pi / (wavelength * rng.uniform(0.6, 1.4))
         phase = rng.uniform(0, 2 * math.pi)
         a = freq * math.sin(angle) * ys + phase
         b = freq * math.cos(angle) * xs
-        out += np.outer(np.sin(a), np.cos(b))
-        out += np.outer(np.cos(a), np.sin(b))
-    return out / _WAVES
+        rows += [np.sin(a), np.cos(a)]
+        cols += [np.cos(b), np.sin(b)]
+    return np.stack(rows, axis=1), np.stack(cols, axis=1)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _field_at(rows: np.ndarray, cols: np.ndarray, i: int, j: int) -> float:
+    """One value of a smooth field from its ``_wave_factors``, summed in the waves' order."""
+    total = 0.0
+    for k in range(rows.shape[1]):
+        total += rows[i, k] * cols[j, k]
+    return total / (rows.shape[1] // 2)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _field(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The (Y, X) smooth field of ``_wave_factors`` (compiled: no full-size temporaries)."""
+    out = np.empty((rows.shape[0], cols.shape[0]))
+    for i in prange(rows.shape[0]):
+        for j in range(cols.shape[0]):
+            out[i, j] = _field_at(rows, cols, i, j)
+    return out
+
+
+def _smooth_field(seed: int, stream: int, ys: np.ndarray, xs: np.ndarray, wavelength: float) -> np.ndarray:
+    """A smooth random field in [-1, 1] on the grid ``ys`` x ``xs``, defined at any coordinate."""
+    return _field(*_wave_factors(seed, stream, ys, xs, wavelength))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _nearest_cells(
+    ys: np.ndarray, xs: np.ndarray, warp_y: tuple, warp_x: tuple, warp: float,
+    seed_y: np.ndarray, seed_x: np.ndarray, spacing: float, row0: int, col0: int,
+) -> np.ndarray:  # fmt: skip
+    """For each pixel, the table index (row * width + col) of the seed nearest to its warped position.
+
+    ``seed_y``, ``seed_x`` (Ty, Tx): the seed of every grid cell from row ``row0``, column ``col0``
+    on, covering two cells around all warped positions. Exact Voronoi, as a k-d tree would give,
+    at a fraction of its cost: seeds lie in the middle of their cells, so the nearest one is among
+    the 3 x 3 cells around the point unless the point is farther from that candidate than the
+    closest a seed two cells away can be (then those 16 cells are searched too); none three cells
+    away can be nearer than the point's own seed. One compiled pass, rows in parallel.
+    """
+    height, width = ys.size, xs.size
+    table_width = seed_y.shape[1]
+    out = np.empty((height, width), dtype=np.int32)
+    far = 2.0 + _JITTER_LOW  # in cells: the nearest a seed two cells over can be, from the cell's far side
+    for i in prange(height):
+        for j in range(width):
+            wy = ys[i] + warp * _field_at(warp_y[0], warp_y[1], i, j)
+            wx = xs[j] + warp * _field_at(warp_x[0], warp_x[1], i, j)
+            fy, fx = wy / spacing, wx / spacing
+            gy, gx = math.floor(fy), math.floor(fx)
+            u, v = fy - gy, fx - gx
+            r, c = gy - row0, gx - col0
+            best, best_d = -1, np.inf
+            for reach in (1, 2):
+                if reach == 2:
+                    bound = min(far - u, far - 1.0 + u, far - v, far - 1.0 + v) * spacing
+                    if best_d <= bound * bound:
+                        break
+                for oy in range(-reach, reach + 1):
+                    for ox in range(-reach, reach + 1):
+                        if reach == 2 and abs(oy) < 2 and abs(ox) < 2:
+                            continue  # the 3 x 3 cells were searched already
+                        dy = wy - seed_y[r + oy, c + ox]
+                        dx = wx - seed_x[r + oy, c + ox]
+                        d = dy * dy + dx * dx
+                        if d < best_d:
+                            best, best_d = (r + oy) * table_width + (c + ox), d
+            out[i, j] = best
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _compose(
+    cell: np.ndarray, window: int, exists: np.ndarray, shade: np.ndarray, ids: np.ndarray, texture: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """Membranes, cell ids and the unblurred image from each pixel's cell (one compiled pass).
+
+    A pixel is membrane where its ``window``-pixel neighbourhood (placed as scipy's size filters
+    place it) sees another cell; the image is the cell's shade plus texture, darker outside
+    missing cells, bright on membranes. Labels are the global cell ids, 0 on membranes and gaps.
+    """
+    height, width = cell.shape
+    image = np.empty((height, width))
+    labels = np.zeros((height, width), dtype=np.int64)
+    before, after = window // 2, window - 1 - window // 2
+    for i in prange(height):
+        for j in range(width):
+            c = cell[i, j]
+            membrane = False
+            for y in range(max(i - before, 0), min(i + after, height - 1) + 1):
+                for x in range(max(j - before, 0), min(j + after, width - 1) + 1):
+                    membrane |= cell[y, x] != c
+            if membrane:
+                image[i, j] = 0.95
+            elif exists[c]:
+                image[i, j] = 0.35 + 0.2 * shade[c] + 0.06 * _field_at(texture[0], texture[1], i, j)
+                labels[i, j] = ids[c]
+            else:
+                image[i, j] = 0.18
+    return image, labels
 
 
 def render_region(
@@ -101,28 +211,18 @@ def render_region(
     ys = np.arange(y0 - halo, y0 + height + halo, dtype=np.float64)
     xs = np.arange(x0 - halo, x0 + width + halo, dtype=np.float64)
     warp = 0.5 * style.cell_radius
-    wy = ys[:, None] + warp * _smooth_field(seed, 1, ys, xs, 3 * spacing)
-    wx = xs[None, :] + warp * _smooth_field(seed, 2, ys, xs, 3 * spacing)
-
-    reach = warp + 2 * spacing
-    gy, gx = np.meshgrid(
-        np.arange(math.floor((ys[0] - reach) / spacing), math.ceil((ys[-1] + reach) / spacing) + 1),
-        np.arange(math.floor((xs[0] - reach) / spacing), math.ceil((xs[-1] + reach) / spacing) + 1),
-        indexing="ij",
-    )
+    reach = warp / spacing + 2  # in cells: warped positions plus the two cells searched around them
+    rows = np.arange(math.floor(ys[0] / spacing - reach), math.floor(ys[-1] / spacing + reach) + 1)
+    cols = np.arange(math.floor(xs[0] / spacing - reach), math.floor(xs[-1] / spacing + reach) + 1)
+    gy, gx = np.meshgrid(rows, cols, indexing="ij")
     pos, ids, props = _grid_seeds(seed, spacing, gy.ravel(), gx.ravel(), style.missing_fraction)
-    _, nearest = cKDTree(pos).query(np.stack([wy.ravel(), wx.ravel()], axis=-1), workers=-1)
-    cell = nearest.reshape(wy.shape)
+    warp_y, warp_x = _wave_factors(seed, 1, ys, xs, 3 * spacing), _wave_factors(seed, 2, ys, xs, 3 * spacing)
+    seed_y, seed_x = (pos[:, axis].reshape(gy.shape) for axis in (0, 1))
+    cell = _nearest_cells(ys, xs, warp_y, warp_x, warp, seed_y, seed_x, spacing, int(rows[0]), int(cols[0]))
 
     size = max(1, int(round(style.membrane_width)))
-    membrane = ndimage.maximum_filter(cell, size=size + 1) != ndimage.minimum_filter(cell, size=size + 1)
-    exists = props[cell, 0].astype(bool)
-    labels = np.where(exists & ~membrane, ids[cell], 0)
-
-    shade = props[cell, 1]
-    texture = 0.06 * _smooth_field(seed, 3, ys, xs, 0.5 * style.cell_radius)
-    image = np.where(exists, 0.35 + 0.2 * shade + texture, 0.18)
-    image = np.where(membrane, 0.95, image)
+    texture = _wave_factors(seed, 3, ys, xs, 0.5 * style.cell_radius)
+    image, labels = _compose(cell, size + 1, props[:, 0].astype(bool), props[:, 1], ids, texture)
     image = ndimage.gaussian_filter(image, sigma=0.8)
     illumination = 0.75 + 0.25 * _smooth_field(seed, 4, ys, xs, 40 * spacing)
     image = image * illumination
