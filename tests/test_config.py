@@ -63,7 +63,9 @@ def test_config_files_layer_like_snakemake(tmp_path):
     mine.write_text(yaml.safe_dump({"dataset": {"format": "pairs", "split": {"seed": 4}}}))
     layered = stage_settings("dataset", config_path=[str(base), str(mine)])
     assert layered["chunk"] == 256 and layered["format"] == "pairs"
-    assert layered["split"] == {"val_fraction": 0.25, "seed": 4, "val_indices": None}
+    assert layered["split"] == {
+        "val_fraction": 0.25, "seed": 4, "val_indices": None, "test_fraction": None, "test_indices": None
+    }
 
 
 def test_every_leaf_key_is_documented():

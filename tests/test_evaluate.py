@@ -19,7 +19,7 @@ from unetflow import cli
 from unetflow.io.ome_zarr import INSTANCES, PROBABILITIES, SEMANTIC, create_prediction, level_path
 from unetflow.metrics import UndefinedMetricWarning
 from unetflow.plots.evaluation import overlay_rgb
-from unetflow.store import write_dataset
+from unetflow.store import ATTRS_KEY, write_dataset
 
 SHAPE = (40, 60)
 
@@ -53,11 +53,11 @@ def write_prediction(path, name, instances, probability):
 
 @pytest.fixture
 def tiny(tmp_path):
-    """Store with train = [a], val = [b, c]; predictions: b perfect, c merged into one object
+    """Store with train = [a], test = [b, c]; predictions: b perfect, c merged into one object
     (the instances of connected components), its probability dipping on the true boundary."""
     rng = np.random.default_rng(0)
     images = {n: (labels > 0)[None].astype(np.float32) + 0.1 * rng.standard_normal((1, *SHAPE)) for n, labels in GT.items()}
-    store = write_dataset(tmp_path / "data.zarr", images, GT, split={"train": ["a"], "val": ["b", "c"]}, chunk=64)
+    store = write_dataset(tmp_path / "data.zarr", images, GT, split={"train": ["a"], "val": [], "test": ["b", "c"]}, chunk=64)
     preds = tmp_path / "predictions"
     preds.mkdir()
     write_prediction(preds / "b.ome.zarr", "b", GT["b"], np.where(GT["b"] > 0, 0.95, 0.05))
@@ -95,7 +95,8 @@ def test_cli_writes_table_summary_overlays_and_figures(tiny):
     assert (c["tp@0.5"], c["fp@0.5"], c["fn@0.5"]) == (1, 0, 1)  # the whole second disc has IoU n2/n > 0.5
     summary = json.loads((out / "summary.json").read_text())
     assert summary["postprocess"] == {"method": "predicted", "min_size": 0}
-    assert summary["split"] == "val" and summary["images"] == ["b", "c"] and summary["n_gt"] == 5
+    assert summary["split"] == "test" and summary["images"] == ["b", "c"] and summary["n_gt"] == 5
+    assert summary["val_doubles_as_test"] is False
     assert summary["mean_ap"] == pytest.approx(table["mean_ap"].mean())
     assert summary["pixel_error"] == 0 and summary["std"]["seg"] == pytest.approx(table["seg"].std(ddof=0))
     assert summary["curves"]["f1"][0] == pytest.approx(table["f1@0.5"].mean())
@@ -122,6 +123,19 @@ def test_all_background_ground_truth_is_undefined_not_perfect(tmp_path):
     summary = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
     assert summary["rand_error"] is None and summary["seg"] is None and summary["std"]["seg"] is None
     assert summary["pixel_error"] == 0
+
+
+@pytest.mark.parametrize("stored_split", [{"train": ["a"], "val": ["b", "c"], "test": ["b", "c"]},
+                                          {"train": ["a"], "val": ["b", "c"]}], ids=["old-config", "old-store"])
+def test_val_doubling_as_test_is_recorded(tiny, stored_split):
+    """Without a test split of its own (an old config, or a store from before test splits) the
+    val images are scored as test, and summary.json says so."""
+    store, preds, tmp = tiny
+    group = zarr.open_group(str(store), mode="r+")
+    group.attrs[ATTRS_KEY] = {**group.attrs[ATTRS_KEY], "split": stored_split}
+    assert run_cli(store, preds, tmp / "evaluation", {"overlays": 0}) == 0
+    summary = json.loads((tmp / "evaluation" / "summary.json").read_text())
+    assert summary["split"] == "test" and summary["images"] == ["b", "c"] and summary["val_doubles_as_test"] is True
 
 
 def test_watershed_is_used_and_recorded(tiny):

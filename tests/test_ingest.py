@@ -16,7 +16,7 @@ from unetflow.config import stage_settings
 from unetflow.ingest import ingest_dataset, ingest_slide, make_split, read_dataset
 from unetflow.io.errors import InputError
 from unetflow.io.sources import natural_sorted
-from unetflow.store import open_store, split_names
+from unetflow.store import open_store, split_names, val_doubles_as_test
 
 
 def dataset_settings(**overrides) -> dict:
@@ -280,9 +280,41 @@ def test_empty_dsb_folder_and_unlabelled_zarr(tmp_path, capsys):
 
 
 def test_hold_out_that_the_data_cannot_give_is_an_error():
-    with pytest.raises(InputError, match="at least 2 images"):
+    with pytest.raises(InputError, match="val_fraction is 0.2 but 1 of the 1 images are left"):
         make_split(["only"], {"val_fraction": 0.2, "seed": 0, "val_indices": None})
-    assert make_split(["only"], {"val_fraction": 0, "seed": 0, "val_indices": None}) == {"train": ["only"], "val": []}
+    with pytest.raises(InputError, match="val_fraction is 0.5 but 1 of the 2 images are left"):
+        make_split(["a", "b"], {"val_fraction": 0.5, "test_fraction": 0.5, "seed": 0})  # nothing left to train
+    with pytest.raises(InputError, match="leaves none for training"):
+        make_split(["a", "b"], {"val_indices": [0], "test_indices": [1], "seed": 0})
+    with pytest.raises(InputError, match=r"images \[1\] are in both"):
+        make_split(["a", "b", "c"], {"val_indices": [1], "test_indices": [1, 2], "seed": 0})
+    with pytest.raises(InputError, match=r"test_indices \[5\] out of range"):
+        make_split(["a", "b", "c"], {"val_fraction": 0, "test_indices": [5], "seed": 0})
+    alone = {"val_fraction": 0, "seed": 0, "val_indices": None}
+    assert make_split(["only"], alone) == {"train": ["only"], "val": [], "test": []}
+
+
+def test_train_val_test_split_is_seeded_and_disjoint():
+    names = [f"n{i}" for i in range(20)]
+    settings = {"val_fraction": 0.2, "test_fraction": 0.3, "seed": 4, "val_indices": None, "test_indices": None}
+    a, b = make_split(names, settings), make_split(names, settings)
+    assert a == b and (len(a["train"]), len(a["val"]), len(a["test"])) == (10, 4, 6)
+    assert sorted(a["train"] + a["val"] + a["test"]) == sorted(names) and not val_doubles_as_test(a)
+    assert a != make_split(names, {**settings, "seed": 5})
+    explicit = make_split(names, {"val_fraction": 0.1, "test_indices": [0, 19], "seed": 4})
+    assert explicit["test"] == ["n0", "n19"] and len(explicit["val"]) == 2 and not {"n0", "n19"} & set(explicit["val"])
+    # a config from before the test split: the same val images as then, doubling as test
+    legacy = make_split(names, {"val_fraction": 0.2, "seed": 4, "val_indices": None})
+    assert legacy["test"] == legacy["val"] and len(legacy["val"]) == 4 and val_doubles_as_test(legacy)
+
+
+def test_evaluate_only_dataset_of_one_image_ingests(tmp_path):
+    write_pairs(tmp_path / "src", n=1)
+    settings = dataset_settings(format="pairs", path=str(tmp_path / "src"), chunk=64, split={"test_fraction": 1.0})
+    group = open_store(ingest_dataset(settings, tmp_path / "data.zarr"), "dataset")
+    assert split_names(group, "test") == ["0"] and split_names(group, "train") == split_names(group, "val") == []
+    with pytest.raises(InputError, match="evaluate-only"):
+        make_split(["0", "1"], {"test_fraction": 1.0, "val_indices": [0], "seed": 0})
 
 
 def test_slide_and_dataset_stores_hold_pixels_as_acquired(tmp_path):

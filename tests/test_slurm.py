@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 PLACEHOLDER = re.compile(r"^<.*>$")
-PIPELINE = {"ingest_dataset", "ingest_slide", "weights", "train", "predict_val", "predict_slide", "evaluate"}
-GPU_RULES = {"train", "predict_val", "predict_slide"}
+PIPELINE = {"ingest_dataset", "ingest_slide", "weights", "train", "predict_split", "predict_slide", "evaluate"}
+GPU_RULES = {"train", "predict_split", "predict_slide"}
 LIMIT_S = 480
 
 

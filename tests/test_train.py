@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ import zarr
 import unetflow.train as train_module
 from unetflow.cli import main
 from unetflow.config import stage_settings
+from unetflow.ingest import make_split
 from unetflow.model import load_model
-from unetflow.store import ATTRS_KEY, TARGETS, WEIGHTS, atomic_output, open_store, split_names, write_dataset
+from unetflow.schedule import lr_factor
+from unetflow.store import ATTRS_KEY, TARGETS, WEIGHTS, StoreError, atomic_output, open_store, split_names, write_dataset
 from unetflow.tiling import read_window
-from unetflow.train import Trainer, TrainingDiverged, train_model, weighted_cross_entropy
+from unetflow.train import Trainer, TrainingDiverged, checkpoints_dir, train_model, weighted_cross_entropy
 
 TINY_MODEL = {"depth": 2, "base_channels": 4}
 
@@ -148,7 +151,7 @@ def test_normalisation_uses_train_pixels_only_and_each_images_own_percentiles(tm
     np.testing.assert_allclose(val_images["plain", "percentile"], (pairs["im2"][0] - low) / (high - low), atol=1e-5)
 
 
-RESUME_TRAIN = {"steps": 6, "val_every": 2, "checkpoint_every": 3, "optimizer": "sgd"}
+RESUME_TRAIN = {"steps": 6, "val_every": 2, "checkpoint_every": 3, "optimizer": "sgd", "schedule": {"warmup_steps": 2}}
 
 
 def test_resume_gives_the_same_trajectory(tmp_path: Path) -> None:
@@ -157,11 +160,13 @@ def test_resume_gives_the_same_trajectory(tmp_path: Path) -> None:
     straight = Trainer(data, weights, tmp_path / "straight", model, train)
     straight.run(progress=False)
     # a run killed after its step-3 checkpoint, then resumed the way the rule does it
-    Trainer(data, weights, tmp_path / "model.partial", model, train).run(stop_at=3, progress=False)
+    Trainer(data, weights, checkpoints_dir(tmp_path / "model"), model, train).run(stop_at=3, progress=False)
     final = train_model(data, weights, tmp_path / "model", model, train, resume=True, progress=False)
-    assert not (tmp_path / "model.partial").exists()
     resumed = torch.load(final / "last.pt", weights_only=True)
     assert resumed["step"] == 6
+    # the scheduled learning rates (warm-up, then poly decay) resume exactly too
+    lrs = [r["lr"] for r in straight.history]
+    assert len(set(lrs)) == 6 and [r["lr"] for r in resumed["history"]] == lrs
     assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in straight.history]
     assert [r["val_iou"] for r in resumed["history"]] == [r["val_iou"] for r in straight.history]
     for key, value in straight.model.state_dict().items():
@@ -217,7 +222,7 @@ def test_short_training_beats_an_untrained_net(tmp_path: Path) -> None:
     model_dir, curves = tmp_path / "run" / "model", tmp_path / "run" / "plots" / "curves.png"
     argv = ["train", str(data), str(weights), str(model_dir), "--settings", json.dumps(settings)]
     assert main([*argv, "--curves", str(curves)]) == 0
-    assert not model_dir.with_name("model.partial").exists()
+    assert torch.load(checkpoints_dir(model_dir) / "last.pt", weights_only=True)["step"] == 60  # kept to continue
     metrics = pd.read_csv(model_dir / "metrics.csv")
     assert len(metrics) == 60 and metrics["val_iou"].notna().sum() == 3
     meta = json.loads((model_dir / "model.json").read_text())
@@ -232,3 +237,95 @@ def test_short_training_beats_an_untrained_net(tmp_path: Path) -> None:
     model = load_model(model_dir)
     assert model.config["base_channels"] == 8 and not model.training
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_raising_steps_on_a_finished_run_continues_from_last_checkpoint(tmp_path: Path) -> None:
+    data, weights = _stores(tmp_path, n_images=3, size=40)
+    model, short = _model_settings(), _train_settings(steps=4, val_every=2, checkpoint_every=2)
+    first = train_model(data, weights, tmp_path / "model", model, short, resume=True, progress=False)
+    history = torch.load(first / "last.pt", weights_only=True)["history"]
+    shutil.rmtree(first)  # what Snakemake does to a rule's output before rerunning it
+    longer = _train_settings(steps=7, val_every=2, checkpoint_every=2)
+    final = train_model(data, weights, tmp_path / "model", model, longer, resume=True, progress=False)
+    resumed = torch.load(final / "last.pt", weights_only=True)
+    assert resumed["step"] == 7 and resumed["history"][:4] == history
+    assert resumed["schedule"]["total_steps"] == 7
+    assert json.loads((final / "model.json").read_text())["trained_steps"] == 7
+    assert len(pd.read_csv(final / "metrics.csv")) == 7
+    # fewer steps than the checkpoint holds cannot continue it: a fresh run
+    shorter = Trainer(data, weights, checkpoints_dir(final), model, _train_settings(steps=5))
+    assert not shorter.resume() and shorter.step == 0
+
+
+def test_minutes_budget_finishes_the_run_and_more_minutes_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, weights = _stores(tmp_path, n_images=3, size=40)
+    now = [0.0]
+    step = Trainer.train_step
+
+    def thirty_second_step(self: Trainer, batch: Any) -> float:
+        now[0] += 30.0
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "clock", staticmethod(lambda: now[0]))
+    monkeypatch.setattr(Trainer, "train_step", thirty_second_step)
+    model = _model_settings()
+    budget = _train_settings(steps=20, minutes=1.0, val_every=10, checkpoint_every=10)
+    final = train_model(data, weights, tmp_path / "model", model, budget, resume=True, progress=False)
+    last = torch.load(final / "last.pt", weights_only=True)
+    assert last["step"] == 2 and last["elapsed_s"] == 60.0
+    assert last["history"][-1]["val_iou"] is not None  # validated where it stopped
+    assert (final / "best.pt").is_file() and json.loads((final / "model.json").read_text())["trained_steps"] == 2
+    # the lr schedule runs over steps, not minutes: still warming up (20 capped at steps - 1) when stopped
+    assert last["history"][-1]["lr"] == pytest.approx(0.01 * 2 / 20)
+
+    shutil.rmtree(final)
+    more = _train_settings(steps=20, minutes=2.0, val_every=10, checkpoint_every=10)
+    final = train_model(data, weights, tmp_path / "model", model, more, resume=True, progress=False)
+    resumed = torch.load(final / "last.pt", weights_only=True)
+    assert resumed["step"] == 4 and resumed["history"][:2] == last["history"]
+
+
+@pytest.mark.parametrize("name", ["poly", "cosine", "constant"])
+def test_schedule_warms_up_then_decays_towards_zero(name: str) -> None:
+    settings = {"name": name, "warmup_steps": 3}
+    factors = [lr_factor(step, 10, settings) for step in range(1, 11)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    if name == "constant":
+        assert factors[3:] == [1.0] * 7
+    else:
+        assert all(a > b for a, b in zip(factors[3:], factors[4:])) and 0 < factors[-1] < 0.2
+    assert lr_factor(1, 10, {"name": name, "warmup_steps": 0}) == 1.0
+
+
+def test_training_sees_only_train_images(tmp_path: Path) -> None:
+    """Every sampled tile comes from a train image; val images only validate; test images never load."""
+    rng = np.random.default_rng(0)
+    names = [f"im{i}" for i in range(6)]
+    # image i sits at intensity 10 i, so a tile's mean tells which image it came from
+    images = {nm: (10.0 * i + rng.normal(0, 0.1, (1, 40, 40))).astype(np.float32) for i, nm in enumerate(names)}
+    labels = {nm: (rng.random((40, 40)) > 0.5).astype(np.int32) for nm in names}
+    split = make_split(names, {"val_fraction": 0.2, "test_fraction": 0.4, "seed": 0, "val_indices": None,
+                               "test_indices": None})
+    data = write_dataset(tmp_path / "data.zarr", images, labels, split=split, chunk=64)
+    _write_ones_weights(tmp_path / "weights.zarr", labels)
+    trainer = Trainer(data, tmp_path / "weights.zarr", tmp_path / "w", _model_settings(), _train_settings(steps=1))
+    norm = zarr.open_group(str(data), mode="r").attrs[ATTRS_KEY]["normalization"]
+    seen = set()
+    for _ in range(30):
+        tiles = trainer.sampler.sample(4)[0].numpy() * norm["std"][0] + norm["mean"][0]
+        seen |= {names[round(m / 10.0)] for m in tiles.mean(axis=(1, 2, 3))}
+    assert seen == set(split["train"]) and len(split["train"]) == 3
+    val_means = sorted(round(float(np.mean(im)) * norm["std"][0] + norm["mean"][0]) for im, _, _ in trainer.val_arrays)
+    assert val_means == sorted(10 * names.index(nm) for nm in split["val"])
+
+
+def test_evaluate_only_dataset_is_refused_by_training(tmp_path: Path) -> None:
+    images = {"a": np.ones((1, 40, 40), np.float32)}
+    labels = {"a": np.ones((40, 40), np.int32)}
+    split = make_split(["a"], {"val_fraction": 0.2, "test_fraction": 1.0, "seed": 0})
+    data = write_dataset(tmp_path / "data.zarr", images, labels, split=split, chunk=64)
+    _write_ones_weights(tmp_path / "weights.zarr", labels)
+    with pytest.raises(StoreError, match="no training images.*evaluate-only"):
+        Trainer(data, tmp_path / "weights.zarr", tmp_path / "w", _model_settings(), _train_settings(steps=1))

@@ -24,21 +24,27 @@ def test_pipeline_produces_every_store(finished_run):
     results = finished_run / "results"
     data = zarr.open_group(str(results / "tiny" / "data.zarr"), mode="r")
     meta = data.attrs["unetflow"]
-    assert len(meta["names"]) == 4 and len(meta["split"]["val"]) == 1
+    split = meta["split"]
+    assert len(meta["names"]) == 4 and (len(split["train"]), len(split["val"]), len(split["test"])) == (2, 1, 1)
     weights = zarr.open_group(str(results / "tiny" / "weights.zarr"), mode="r")
     assert sorted(weights["weights"].array_keys()) == sorted(meta["names"])
     run = finished_run / RUN_DIR
     assert (run / "model" / "best.pt").is_file() and (run / "model" / "metrics.csv").is_file()
-    predicted = sorted(p.name for p in (run / "predictions" / "val").iterdir() if not p.name.startswith("."))
-    assert predicted == [f"{meta['split']['val'][0]}.ome.zarr"]
+    for name in ("test", "train"):  # scored (test: the reported figures; train: under- or overfitting)
+        predicted = sorted(p.name for p in (run / "predictions" / name).iterdir() if not p.name.startswith("."))
+        assert predicted == [f"{image}.ome.zarr" for image in split[name]]
+        scored = json.loads((run / "evaluation" / name / "summary.json").read_text())
+        assert scored["split"] == name and scored["images"] == split[name] and not scored["val_doubles_as_test"]
+        assert 0.0 <= scored["pixel_error"] <= 1.0
+    assert not (run / "predictions" / "val").exists()  # nothing asks for it yet
     slide = zarr.open_group(str(run / "predictions" / "slides" / "slide" / "slide.ome.zarr"), mode="r")
     size = TINY_CONFIG["slides"][0]["size"]
     assert slide["0"].shape[-2:] == (size, size)
-    summary = json.loads((run / "evaluation" / "summary.json").read_text())
-    assert 0.0 <= summary["pixel_error"] <= 1.0
     for plot in ("dataset.png", "weights.png"):
         assert (results / "tiny" / "plots" / plot).stat().st_size > 5000
     assert not list(results.rglob(".*tmp*")) and not list(results.rglob("*.partial"))
+    # the training state stays beside the model, so raising train.steps continues from it
+    assert (run / "model.checkpoints" / "last.pt").is_file()
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 The working directory gets ``config/config.yaml`` (what the Snakefile's ``configfile:`` reads,
 relative to the working directory) and receives every output, log and ``.snakemake`` record; the
-repository is only read. Tiny means seconds per stage on 2 CPU cores: four 96 px images, a
+repository is only read. Tiny means seconds per stage on 2 CPU cores: four 96 px images (two
+train, one val, one test), a
 depth-2 U-Net with 4 base channels trained for 4 steps, one 256 px slide.
 """
 
@@ -29,7 +30,7 @@ TINY_CONFIG: dict[str, Any] = {
         "format": "synthetic",
         "chunk": 64,
         "synthetic": {"n_images": 4, "size": 96, "seed": 0},
-        "split": {"val_fraction": 0.25, "seed": 0},
+        "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
     },
     "slides": [{"name": "slide", "format": "synthetic", "size": 256, "chunk": 128}],
     "model": {"depth": 2, "base_channels": 4},

@@ -1,6 +1,6 @@
 """Score the predictions of a labelled split against its ground truth.
 
-For every image of the split (``val`` by default) the prediction ``<pred_dir>/<name>.ome.zarr``
+For every image of the split (``test`` by default) the prediction ``<pred_dir>/<name>.ome.zarr``
 is turned into objects -- the predictor's connected components, or a watershed of its
 foreground probability (``evaluate.postprocess``) -- small objects are dropped, and every
 metric of :mod:`unetflow.metrics` is computed against ``labels/<name>`` of the data store.
@@ -8,8 +8,9 @@ metric of :mod:`unetflow.metrics` is computed against ``labels/<name>`` of the d
 The output folder (written atomically, with the optional report figures)::
 
     per_image.csv   one row per image: scalar metrics and <metric>@<IoU threshold> columns
-    summary.json    means over images, their std, per-threshold curves (mean and pooled), the
-                    post-processing used, the thresholds and the inputs
+    summary.json    the split (and whether its val images double as test), means over images,
+                    their std, per-threshold curves (mean and pooled), the post-processing used,
+                    the thresholds and the inputs
     overlays/       <name>.png for the first ``overlays`` images: the image with ground-truth
                     contours (green), predicted contours (magenta), yellow where they agree
 
@@ -36,7 +37,17 @@ from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import open_ome_image
 from unetflow.metrics import count_scores, evaluate_segmentation, threshold_key
 from unetflow.plots.evaluation import overlay_rgb, plot_metrics, plot_overlays, save_rgb
-from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta, verify_store
+from unetflow.store import (
+    IMAGES,
+    LABELS,
+    StoreError,
+    atomic_output,
+    open_store,
+    split_names,
+    store_meta,
+    val_doubles_as_test,
+    verify_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +156,7 @@ def evaluate(
     out_dir: str | Path,
     settings: dict[str, Any],
     *,
-    split: str = "val",
+    split: str = "test",
     plot: str | Path | None = None,
     overlay_plot: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -157,6 +168,9 @@ def evaluate(
     if not store_meta(store).get("labelled") or LABELS not in store:
         raise StoreError(f"{data_store}: has no labels; evaluation needs ground truth")
     names = split_names(store, split)
+    doubled = split == "test" and val_doubles_as_test(store_meta(store).get("split", {}))
+    if doubled:
+        log.warning("%s has no test split of its own: its val images are scored as test", data_store)
     if not names:
         raise StoreError(f"{data_store}: the {split!r} split is empty; nothing to evaluate")
     paths = prediction_paths(pred_dir, names, split)
@@ -172,6 +186,7 @@ def evaluate(
     table = pd.DataFrame(rows)
     summary = {
         "split": split,
+        "val_doubles_as_test": doubled,
         "images": names,
         "postprocess": postprocess_settings(settings),
         **summarize(table, thresholds),

@@ -1,6 +1,6 @@
 """The ingest stage: raw files (or the synthetic generator) -> one zarr store of pixels as acquired.
 
-A dataset store holds every labelled image with its instance labels and a train/validation split;
+A dataset store holds every labelled image with its instance labels and a train/val/test split;
 a slide store holds one (possibly huge) unlabelled image. Both record where the data came from
 (paths, SHA-256 checksums, the config slice, library versions) so a result can be traced back.
 """
@@ -21,7 +21,7 @@ from unetflow.io.errors import InputError
 from unetflow.io.images import to_channels_first
 from unetflow.io.pixels import finite_pixels
 from unetflow.io.sources import DATASET_READERS, Sample, open_tiff_lazily, open_zarr_image
-from unetflow.store import write_dataset
+from unetflow.store import val_doubles_as_test, write_dataset
 from unetflow.synthetic import CellStyle, make_dataset, write_giant_slide
 
 log = logging.getLogger(__name__)
@@ -49,33 +49,70 @@ def _provenance(sources: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_split(names: list[str], split: dict[str, Any]) -> dict[str, list[str]]:
-    """Train/validation split: explicit ``val_indices``, or a seeded random ``val_fraction``.
+def _held_out(n: int, key: str, split: dict[str, Any], free: list[int], rng_order: list[int]) -> list[int]:
+    """Indices of one hold-out (``val`` or ``test``): explicit ``<key>_indices``, else a seeded
+    ``<key>_fraction`` of all ``n`` images (at least one when > 0) drawn from ``free``."""
+    explicit = split.get(f"{key}_indices")
+    if explicit is not None:
+        bad = [i for i in explicit if i >= n]
+        if bad:
+            raise InputError(
+                None, f"dataset.split.{key}_indices {bad} out of range for {n} images", f"indices 0..{n - 1}"
+            )
+        return sorted(set(explicit))
+    fraction = split.get(f"{key}_fraction") or 0
+    if fraction <= 0:
+        return []
+    count = min(max(1, round(n * fraction)), len(free) - 1)  # one image always stays for training
+    if count < 1:
+        raise InputError(
+            None,
+            f"dataset.split.{key}_fraction is {fraction} but {len(free)} of the {n} images are left for it",
+            "enough images to hold one out and train on another, or a zero fraction",
+        )
+    return sorted([i for i in rng_order if i in free][:count])
 
-    ``val_fraction: 0`` means no hold-out (the workflow then skips evaluation); asking for a
-    hold-out that the data cannot give is an error rather than a silently empty split.
+
+def make_split(names: list[str], split: dict[str, Any]) -> dict[str, list[str]]:
+    """Train / val / test split from explicit indices or seeded fractions; disjoint and deterministic.
+
+    val picks the best checkpoint (and tunes post-processing); test is scored once for the
+    reported figures. Test images are drawn first, then val from the rest, both from one seeded
+    permutation. Without any test setting (``test_fraction`` and ``test_indices`` null, the form
+    of configs older than the test split) the val images double as test: ``test`` then lists
+    the same names as ``val`` and ``val_doubles_as_test`` says so downstream.
+    ``test_fraction: 1.0`` makes an evaluate-only dataset (every image is test, nothing to train
+    on; training refuses it). Asking for a hold-out the data cannot give, or leaving a
+    non-evaluate-only dataset without training images, is an error rather than a silent change.
     """
     n = len(names)
-    if split["val_indices"] is not None:
-        bad = [i for i in split["val_indices"] if i >= n]
-        if bad:
-            raise InputError(None, f"dataset.split.val_indices {bad} out of range for {n} images", f"indices 0..{n - 1}")
-        val = sorted(set(split["val_indices"]))
-    elif split["val_fraction"] > 0:
-        if n < 2:
-            raise InputError(
-                None,
-                f"dataset.split.val_fraction is {split['val_fraction']} but the dataset has {n} image",
-                "at least 2 images to hold one out, or val_fraction: 0 (train only, no evaluation)",
-            )
-        n_val = min(n - 1, max(1, round(n * split["val_fraction"])))
-        val = sorted(np.random.default_rng(split["seed"]).permutation(n)[:n_val].tolist())
-    else:
-        val = []
-    if len(val) == n:
-        raise InputError(None, "the split leaves no training image", "at least one training image")
-
-    return {"train": [nm for i, nm in enumerate(names) if i not in val], "val": [names[i] for i in val]}
+    evaluate_only = split.get("test_fraction") == 1
+    if evaluate_only and (split.get("val_indices") or split.get("test_indices") is not None):
+        raise InputError(
+            None, "dataset.split.test_fraction 1.0 (evaluate-only) cannot be combined with val/test indices",
+            "test_fraction: 1.0 alone",
+        )
+    if evaluate_only:
+        return {"train": [], "val": [], "test": list(names)}
+    legacy = split.get("test_fraction") is None and split.get("test_indices") is None
+    order = np.random.default_rng(split["seed"]).permutation(n).tolist()
+    test = [] if legacy else _held_out(n, "test", split, list(range(n)), order)
+    val = _held_out(n, "val", split, [i for i in range(n) if i not in test], order)
+    overlap = sorted(set(val) & set(test))
+    if overlap:
+        raise InputError(None, f"dataset.split: images {overlap} are in both val_indices and test_indices", "disjoint sets")
+    if len(set(val) | set(test)) >= n:
+        raise InputError(
+            None,
+            f"the split holds out all {n} images and leaves none for training",
+            "at least one training image (or test_fraction: 1.0 for an evaluate-only dataset)",
+        )
+    held = set(val) | set(test)
+    return {
+        "train": [nm for i, nm in enumerate(names) if i not in held],
+        "val": [names[i] for i in val],
+        "test": [names[i] for i in (val if legacy else test)],
+    }
 
 
 def read_dataset(settings: dict[str, Any]) -> list[Sample]:
@@ -102,7 +139,10 @@ def ingest_dataset(settings: dict[str, Any], out: str | Path) -> Path:
         raise InputError(settings["path"], f"duplicate image names {dupes[:5]}", "unique file stems")
     split = make_split(names, settings["split"])
     sources = [src for s in samples for src in s.sources]
-    log.info("ingesting %d images (%d train, %d val) into %s", len(samples), len(split["train"]), len(split["val"]), out)
+    log.info(
+        "ingesting %d images (%d train, %d val, %d test%s) into %s", len(samples), len(split["train"]),
+        len(split["val"]), len(split["test"]), ", val doubles as test" if val_doubles_as_test(split) else "", out,
+    )
     return write_dataset(
         out,
         {s.name: s.image for s in samples},
@@ -141,7 +181,7 @@ def ingest_slide(
             out,
             {slide["name"]: image},
             None,
-            split={"train": [], "val": []},
+            split={"train": [], "val": [], "test": []},
             chunk=slide["chunk"],
             provenance=_provenance([source], {**slide, "channels": channels, "rgb_rule": rgb_rule, "non_finite": non_finite}),
         )

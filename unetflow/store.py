@@ -9,7 +9,7 @@ Every stage reads and writes through these names, so the layout is defined once:
     attrs["unetflow"] = {
         "kind": "dataset",
         "names": [...],                      # image names in ingestion order
-        "split": {"train": [...], "val": [...]},
+        "split": {"train": [...], "val": [...], "test": [...]},  # test == val: val doubles as test
         "format": 2,                         # 2 = raw pixels; stores without it were normalised at ingest
         "channels": C, "labelled": bool,
         "provenance": {...},                 # sources, checksums, config slice, versions
@@ -205,14 +205,28 @@ def store_meta(group: zarr.Group) -> dict[str, Any]:
 
 
 def split_names(group: zarr.Group, split: str) -> list[str]:
-    """Image names of a split ('train', 'val') or 'all' for every image."""
+    """Image names of a split ('train', 'val', 'test') or 'all' for every image.
+
+    Stores written before the test split existed have none; their val images double as test.
+    """
     meta = store_meta(group)
     if split == "all":
         return list(meta["names"])
+    if split == "test" and "test" not in meta.get("split", {"test": None}):
+        return list(meta["split"]["val"])
     try:
         return list(meta["split"][split])
     except KeyError as exc:
         raise StoreError(f"store has no split {split!r}; known: {sorted(meta.get('split', {}))}") from exc
+
+
+def val_doubles_as_test(split: Mapping[str, list[str]]) -> bool:
+    """Whether a store's split scores its val images as test (configs without a test split).
+
+    Such test figures are optimistic: the same images chose the checkpoint. Summaries and the
+    report say so.
+    """
+    return bool(split.get("val")) and list(split.get("test", split["val"])) == list(split["val"])
 
 
 def as_dask(image: Any, chunk: int) -> Any:
@@ -244,7 +258,7 @@ def write_dataset(
     names = list(images)
     if labels is not None and set(labels) != set(names):
         raise StoreError("labels must have exactly the same names as images")
-    split = split or {"train": names, "val": []}
+    split = split or {"train": names, "val": [], "test": []}
     path = Path(path)
     with atomic_output(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)

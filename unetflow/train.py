@@ -5,7 +5,13 @@ history and the states of all random generators (Python, NumPy, torch CPU/CUDA, 
 the augmenter's). ``last.pt`` stores all of it, so a run killed at any point and resumed from
 its last checkpoint continues with exactly the batches, augmentations and dropout masks an
 uninterrupted run would have used (bit-identical on the CPU; on CUDA up to cuDNN's
-non-determinism). ``best.pt`` holds the weights with the best validation foreground IoU.
+non-determinism). The learning rate follows ``train.schedule`` as a pure function of the step
+(``unetflow.schedule``), so it resumes exactly too. ``best.pt`` holds the weights with the best
+validation foreground IoU.
+
+``train.steps`` and ``train.minutes`` set how long the run goes, not what it is, so they are left
+out of the "same settings" check: raising either on a finished (or budget-stopped) run continues
+from its ``last.pt`` instead of starting again.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import csv
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +41,7 @@ from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.normalize import Normalization
 from unetflow.sampling import TileSampler, open_split
 from unetflow.predict import TilePredictor, argmax_classes, predict_region, tile_layout
+from unetflow.schedule import lr_factor
 from unetflow.store import IMAGES, StoreError, atomic_output, open_store, split_names, store_meta
 from unetflow.tiling import ChunkGrid
 
@@ -41,6 +51,7 @@ METRICS_CSV = "metrics.csv"
 METRIC_FIELDS = ("step", "train_loss", "val_loss", "val_iou", "lr")
 VAL_TILE = 256  # validation output tile edge: fewer, larger tiles than training uses
 VAL_CHUNK = 1024  # validation runs region by region, so a large validation image never sits whole in memory
+LENGTH_KEYS = ("steps", "minutes")  # how long a run trains, not what it trains: not compared on resume
 
 
 class TrainingDiverged(ConfigError):
@@ -55,6 +66,11 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
     """
     ce = F.cross_entropy(logits.float(), target, reduction="none")
     return (weight * ce).mean()
+
+
+def comparable_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that must match for a checkpoint to be resumed: all but the run's length."""
+    return {**settings, "train": {k: v for k, v in settings["train"].items() if k not in LENGTH_KEYS}}
 
 
 def _numpy_state() -> dict[str, Any]:
@@ -72,6 +88,8 @@ def _set_numpy_state(state: dict[str, Any]) -> None:
 
 class Trainer:
     """One training run in ``work_dir``; ``run()`` trains to ``train["steps"]``, resuming if asked."""
+
+    clock: Callable[[], float] = staticmethod(time.monotonic)  # the wall clock of train.minutes
 
     def __init__(
         self,
@@ -120,6 +138,11 @@ class Trainer:
             AugmentSettings.from_config(cfg["augment"]), self.in_size, self.out_size, self.augment_generator
         )
         train_names = split_names(data, "train")
+        if not train_names:
+            raise StoreError(
+                f"{data_store}: no training images; its split puts every image in test (an evaluate-only "
+                "dataset, dataset.split.test_fraction 1.0). Train on a dataset with a train split"
+            )
         # zscore statistics come from the training images only: no validation/test pixel shapes the model
         self.normalization = Normalization.from_settings(model_settings.get("normalization", {})).fit(
             {name: data[IMAGES][name] for name in train_names}
@@ -141,6 +164,9 @@ class Trainer:
         self.step = 0
         self.best_iou = -math.inf
         self.history: list[dict[str, Any]] = []
+        self.elapsed_s = 0.0  # training wall-clock time of all sessions of this run, up to the last checkpoint
+        self._session_start = self.clock()
+        self._session_base = 0.0
 
     # -- one step ----------------------------------------------------------------------------------
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -151,6 +177,13 @@ class Trainer:
             (t.pin_memory() if pin else t).to(self.device, non_blocking=pin) for t in (image, label, weight)
         )
         return self.augmenter(image, label, weight)
+
+    def set_lr(self, step: int) -> float:
+        """Set the scheduled learning rate of optimizer step ``step`` (1-based) and return it."""
+        lr = float(self.cfg["lr"]) * lr_factor(step, int(self.cfg["steps"]), self.cfg["schedule"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
         """Forward, weighted loss, backward, optimizer step; raises TrainingDiverged on NaN/inf."""
@@ -236,6 +269,8 @@ class Trainer:
             best_iou=self.best_iou,
             history=self.history,
             rng=self._rng_state(),
+            schedule={**self.cfg["schedule"], "total_steps": int(self.cfg["steps"])},
+            elapsed_s=self.elapsed(),
             settings=self.settings,
             normalization=self.normalization.to_json(),
             inputs=json.dumps(self.inputs, sort_keys=True),
@@ -255,13 +290,22 @@ class Trainer:
         )
 
     def resume(self) -> bool:
-        """Load ``last.pt`` from the work dir if it was written with the same settings."""
+        """Load ``last.pt`` from the work dir if it was written with the same settings.
+
+        Only the run's length (``train.steps``, ``train.minutes``) may differ: a longer run
+        continues where the checkpoint stopped. A checkpoint past the new ``train.steps`` cannot
+        be shortened, so that run starts afresh.
+        """
         path = self.work_dir / LAST
         if not path.is_file():
             return False
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if checkpoint.get("settings") != self.settings:
+        saved = checkpoint.get("settings")
+        if not isinstance(saved, dict) or comparable_settings(saved) != comparable_settings(self.settings):
             log.warning("%s was written with other settings; starting afresh", path)
+            return False
+        if int(checkpoint["step"]) > int(self.cfg["steps"]):
+            log.warning("%s is at step %d, past train.steps %d; starting afresh", path, checkpoint["step"], self.cfg["steps"])
             return False
         if checkpoint.get("inputs") != json.dumps(self.inputs, sort_keys=True):
             log.warning("%s was trained on other data or weight maps; starting afresh", path)
@@ -272,6 +316,7 @@ class Trainer:
         self.step = int(checkpoint["step"])
         self.best_iou = float(checkpoint["best_iou"])
         self.history = list(checkpoint["history"])
+        self.elapsed_s = float(checkpoint.get("elapsed_s", 0.0))
         self._set_rng_state(checkpoint["rng"])
         log.info("resumed from %s at step %d", path, self.step)
         return True
@@ -285,29 +330,43 @@ class Trainer:
         return path
 
     # -- the loop ----------------------------------------------------------------------------------
-    def run(self, stop_at: int | None = None, progress: bool = True) -> dict[str, Any]:
-        """Train until ``train.steps`` (or ``stop_at``, for tests), validating and checkpointing.
+    def elapsed(self) -> float:
+        """Seconds this run has trained, over all its sessions (resumes add to it)."""
+        return self._session_base + (self.clock() - self._session_start)
 
-        Returns a summary. When the run reaches ``train.steps`` the work dir also gets
-        ``model.json`` (and ``best.pt`` from the final weights when there is no validation split).
+    def out_of_time(self) -> bool:
+        """Whether the ``train.minutes`` budget (None = none) is used up."""
+        minutes = self.cfg.get("minutes")
+        return minutes is not None and self.elapsed() >= 60.0 * float(minutes)
+
+    def run(self, stop_at: int | None = None, progress: bool = True) -> dict[str, Any]:
+        """Train until ``train.steps`` or the ``train.minutes`` budget (or ``stop_at``, for tests).
+
+        Validates every ``val_every`` steps and at the last step, checkpoints every
+        ``checkpoint_every`` steps and at the last step. Returns a summary. When the run reaches
+        ``train.steps`` or its time budget, the work dir also gets ``model.json`` (and ``best.pt``
+        from the final weights when there is no validation split); a budget-stopped run resumes
+        from its ``last.pt`` when given more minutes or steps.
         """
         self.work_dir.mkdir(parents=True, exist_ok=True)
         steps = int(self.cfg["steps"])
         stop = steps if stop_at is None else min(stop_at, steps)
+        self._session_start, self._session_base = self.clock(), self.elapsed_s
         log.info(
-            "training on %s: tiles %d -> %d px, %d train / %d val images, steps %d..%d",
+            "training on %s: tiles %d -> %d px, %d train / %d val images, steps %d..%d, %s schedule",
             self.device, self.in_size, self.out_size, len(self.sampler.arrays), len(self.val_arrays),
-            self.step + 1, stop,
+            self.step + 1, stop, self.cfg["schedule"]["name"],
         )
         bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", file=sys.stderr, disable=not progress)
-        while self.step < stop:
+        timed_out = self.out_of_time()
+        while self.step < stop and not timed_out:
+            lr = self.set_lr(self.step + 1)
             loss = self.train_step(self.next_batch())
             self.step += 1
-            row: dict[str, Any] = {
-                "step": self.step, "train_loss": loss, "val_loss": None, "val_iou": None,
-                "lr": self.optimizer.param_groups[0]["lr"],
-            }
-            if self.val_arrays and (self.step % self.cfg["val_every"] == 0 or self.step == steps):
+            timed_out = self.out_of_time()
+            last = self.step == steps or timed_out
+            row: dict[str, Any] = {"step": self.step, "train_loss": loss, "val_loss": None, "val_iou": None, "lr": lr}
+            if self.val_arrays and (self.step % self.cfg["val_every"] == 0 or last):
                 row["val_loss"], row["val_iou"] = self.validate()
                 if row["val_iou"] > self.best_iou:
                     self.best_iou = row["val_iou"]
@@ -316,13 +375,19 @@ class Trainer:
             else:
                 bar.set_postfix(loss=f"{loss:.4f}")
             self.history.append(row)
-            if self.step % self.cfg["checkpoint_every"] == 0 or self.step == stop:
+            if self.step % self.cfg["checkpoint_every"] == 0 or self.step == stop or last:
                 self.save_last()
             bar.update(1)
         bar.close()
-        if self.step == steps:
+        if timed_out and self.step < steps:
+            log.warning(
+                "train.minutes budget (%s) used up at step %d of %d; the run is finished with these weights "
+                "(raise train.minutes or train.steps to continue from last.pt)", self.cfg["minutes"], self.step, steps,
+            )
+        if self.step == steps or timed_out:
             self._finish()
-        return {"step": self.step, "best_val_iou": self.best_iou if self.val_arrays else None}
+        self.elapsed_s = self.elapsed()
+        return {"step": self.step, "best_val_iou": self.best_iou if self.val_arrays else None, "timed_out": timed_out}
 
     def _finish(self) -> None:
         if not self.val_arrays:
@@ -334,6 +399,7 @@ class Trainer:
             normalization=self.normalization.to_json(),
             recipe=self.recipe,
             train=self.settings["train"],
+            trained_steps=self.step,
             tile={"input": self.in_size, "output": self.out_size, "margin": self.model.margin},
             best_val_iou=self.best_iou if self.val_arrays else None,
         )
@@ -348,18 +414,40 @@ def train_model(
     resume: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Train in ``<model_dir>.partial`` (kept across kills for ``resume``); rename when complete.
+    """Train in ``<model_dir>.checkpoints`` and publish its files as ``model_dir`` when finished.
 
-    Returns the finished model directory. An old work dir is discarded unless ``resume`` is set
-    and its checkpoint was written with the same settings.
+    The checkpoints folder outlives the job: after a kill it holds the last checkpoint, and after
+    a finished run too, so that raising ``train.steps``/``train.minutes`` (which Snakemake answers
+    by deleting ``model_dir`` and rerunning) continues from ``last.pt``. It is discarded unless
+    ``resume`` is set and its checkpoint was written with the same settings. ``model_dir`` is
+    written atomically; checkpoints are hard-linked into it (they are only ever replaced by
+    rename, never rewritten in place), other files copied.
     """
     final = Path(model_dir)
-    work = final.with_name(final.name + ".partial")
+    work = checkpoints_dir(final)
     trainer = Trainer(data_store, weights_store, work, model_settings, train_settings)
     if not (resume and trainer.resume()):
         shutil.rmtree(work, ignore_errors=True)
     trainer.run(progress=progress)
-    if final.exists():
-        shutil.rmtree(final)
-    work.replace(final)
+    with atomic_output(final) as tmp:
+        tmp.mkdir()
+        for path in sorted(work.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                _link_or_copy(path, tmp / path.name)
     return final
+
+
+def checkpoints_dir(model_dir: str | Path) -> Path:
+    """The folder a run of ``model_dir`` trains in and keeps its resumable state."""
+    model_dir = Path(model_dir)
+    return model_dir.with_name(model_dir.name + ".checkpoints")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    if source.suffix == ".pt":
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # a file system without hard links
+            pass
+    shutil.copy2(source, target)

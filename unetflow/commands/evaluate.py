@@ -31,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("pred_dir", help="folder of <name>.ome.zarr predictions, one per image of the split")
     parser.add_argument("out_dir", help="output folder: per_image.csv, summary.json, overlays/ (written atomically)")
     parser.add_argument(
-        "--split", default="val", choices=["train", "val", "all"], help="images to evaluate (default: val)"
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="images to evaluate (default: test, the reported figures; train beside it shows under-/overfitting)",
     )
     parser.add_argument("--plot", metavar="PNG", help="also write the metric table and matching curves here")
     parser.add_argument("--overlay-plot", metavar="PNG", help="also write a grid of the overlay images here")

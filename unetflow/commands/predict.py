@@ -31,13 +31,15 @@ def run(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="segment the images of a store (validation split, slides) into OME-Zarr predictions",
+        help="segment the images of a store (a dataset split, slides) into OME-Zarr predictions",
         description=__doc__,
     )
     parser.add_argument("model", metavar="MODEL_DIR", help="trained model directory (best.pt) or a .pt checkpoint")
     parser.add_argument("images", metavar="IMAGE_STORE", help="unetflow image store (data.zarr or a slide store)")
     parser.add_argument("out", metavar="OUT_DIR", help="output folder, one <name>.ome.zarr per image")
-    parser.add_argument("--split", choices=["val", "all"], default="all", help="which images of the store")
+    parser.add_argument(
+        "--split", choices=["train", "val", "test", "all"], default="all", help="which images of the store (default: all)"
+    )
     parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads of the model (the rule's threads; 0 = torch's default)"
     )

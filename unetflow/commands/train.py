@@ -2,9 +2,9 @@
 
 Settings are the ``model`` and ``train`` config sections together, as one JSON object
 ``{"model": {...}, "train": {...}}`` (what the Snakemake rule passes), or a config file. The run
-works in ``MODEL_DIR.partial/``, which survives a kill; ``--resume`` continues from its
-``last.pt`` with the same trajectory, and the folder becomes ``MODEL_DIR`` only when training
-is complete.
+works in ``MODEL_DIR.checkpoints/``, which survives a kill and is kept after the run; ``--resume``
+continues from its ``last.pt`` with the same trajectory (also after raising ``train.steps`` or
+``train.minutes`` on a finished run), and ``MODEL_DIR`` is written only when training is complete.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="model directory to write")
     parser.add_argument("--curves", metavar="PNG", help="also write the loss/IoU curves figure")
     parser.add_argument(
-        "--resume", action="store_true", help="continue from MODEL_DIR.partial/last.pt when it exists (same settings)"
+        "--resume", action="store_true", help="continue from MODEL_DIR.checkpoints/last.pt when it exists (same settings; steps/minutes may grow)"
     )
     add_settings_arguments(parser, "model and train")
     parser.set_defaults(func=run)

@@ -12,21 +12,22 @@ import numpy as np
 import zarr
 
 from unetflow.plots.common import display_image, label_colours, plt, save_figure
-from unetflow.store import IMAGES, LABELS, store_meta
+from unetflow.store import IMAGES, LABELS, store_meta, val_doubles_as_test
 
 PREVIEW_EDGE = 384  # show a full-resolution crop: membranes are a pixel or two wide
 
 
 def plot_dataset_overview(group: zarr.Group, path: str | Path, n_images: int = 4) -> Path:
-    """Image / labels rows for the first train and val images of a dataset store."""
+    """Image / labels rows for the first train images and one held-out image of a dataset store."""
     meta = store_meta(group)
     split = meta["split"]
-    names = (split["train"][: max(1, n_images - 1)] + split["val"][:1])[:n_images] or meta["names"][:n_images]
+    held_out = (split["val"] or split.get("test", []))[:1]
+    names = (split["train"][: max(1, n_images - 1)] + held_out)[:n_images] or meta["names"][:n_images]
     fig, axes = plt.subplots(len(names), 2, figsize=(8, 4 * len(names)), squeeze=False)
     for row, name in zip(axes, names):
         image = group[f"{IMAGES}/{name}"]
         crop = (slice(0, min(PREVIEW_EDGE, image.shape[-2])), slice(0, min(PREVIEW_EDGE, image.shape[-1])))
-        which = "val" if name in split["val"] else "train"
+        which = "val" if name in split["val"] else "test" if name in split.get("test", []) else "train"
         row[0].imshow(display_image(image[(slice(None), *crop)]))
         row[0].set_title(f"{name} ({which}), {image.shape[-2]}x{image.shape[-1]}")
         if meta["labelled"]:
@@ -36,7 +37,8 @@ def plot_dataset_overview(group: zarr.Group, path: str | Path, n_images: int = 4
         for ax in row:
             ax.set_axis_off()
     fig.suptitle(
-        f"{len(meta['names'])} images ({len(split['train'])} train / {len(split['val'])} val), "
+        f"{len(meta['names'])} images ({len(split['train'])} train / {len(split['val'])} val / "
+        f"{len(split.get('test', []))} test{', val doubles as test' if val_doubles_as_test(split) else ''}), "
         f"{meta['channels']} channel(s), shown stretched between their 1st and 99th percentiles"
     )
     return save_figure(fig, path)

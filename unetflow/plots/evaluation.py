@@ -90,7 +90,9 @@ def plot_metrics(summary: dict[str, Any], path: str | Path) -> None:
     table.scale(1, 1.25)
     ax_table.axis("off")
     ax_table.set_title(
-        f"{summary['n_images']} {summary['split']} images, {summary['n_gt']} true / {summary['n_pred']} predicted objects",
+        f"{summary['n_images']} {summary['split']} images"
+        f"{' (val doubles as test: optimistic)' if summary.get('val_doubles_as_test') else ''}, "
+        f"{summary['n_gt']} true / {summary['n_pred']} predicted objects",
         fontsize=10,
     )
     for key, label in CURVES:

@@ -95,28 +95,56 @@ def model_dir():
     return f"{run_dir()}/model"
 
 
+def predictions(split="{split}"):
+    """Predictions of a dataset split: train, val or test."""
+    return f"{run_dir()}/predictions/{split}"
+
+
 def val_predictions():
-    return f"{run_dir()}/predictions/val"
+    return predictions("val")
+
+
+def val_doubles_as_test():
+    """Whether the config has no test split of its own (configs from before it): the val images
+    are then scored as test, and the summary and report say so."""
+    split = config["dataset"]["split"]
+    return split["test_fraction"] is None and split["test_indices"] is None
+
+
+def split_predictions(wildcards):
+    """The predictions evaluate scores: test reuses the val predictions when val doubles as test."""
+    if wildcards.split == "test" and val_doubles_as_test():
+        return val_predictions()
+    return predictions(wildcards.split)
 
 
 def slide_predictions(slide="{slide}"):
     return f"{run_dir()}/predictions/slides/{slide}"
 
 
-def evaluation_dir():
-    return f"{run_dir()}/evaluation"
+def evaluation_dir(split="{split}"):
+    return f"{run_dir()}/evaluation/{split}"
 
 
 def log_path(name):
     return f"{RESULTS}/logs/{DATASET}/{RUN}/{name}.log"
 
 
-def holds_out_images():
-    """Whether the config asks for a validation split (val_fraction 0 means train on everything)."""
+def holds_out_test_images():
+    """Whether the config gives a test split to score (in older configs, the val split doubles
+    as test; no hold-out at all means train on everything and skip evaluation)."""
     split = config["dataset"]["split"]
-    return bool(split["val_indices"]) or split["val_fraction"] > 0
+    if val_doubles_as_test():
+        return bool(split["val_indices"]) or split["val_fraction"] > 0
+    return bool(split["test_indices"]) or (split["test_fraction"] or 0) > 0
+
+
+def evaluation_settings():
+    """The evaluate section without ``splits``, which only chooses which evaluations run: adding
+    the train split must not rescore test."""
+    return json.dumps({k: v for k, v in config["evaluate"].items() if k != "splits"}, sort_keys=True)
 
 
 def final_outputs():
-    evaluation = [evaluation_dir()] if holds_out_images() else [model_dir()]
-    return evaluation + [slide_predictions(s) for s in SLIDES]
+    evaluation = [evaluation_dir(split) for split in config["evaluate"]["splits"]] if holds_out_test_images() else []
+    return (evaluation or [model_dir()]) + [slide_predictions(s) for s in SLIDES]

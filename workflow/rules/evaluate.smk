@@ -1,28 +1,34 @@
-# evaluate: score the validation predictions against the ground truth (pixel, Rand, VI, object
-# matching, SEG) and draw the report's metric and overlay figures. Light single-core work on a
-# few images: a localrules candidate on a cluster (listed there by the lead, not here).
+# evaluate: score a split's predictions against the ground truth (pixel, Rand, VI, object
+# matching, SEG) and draw the report's metric and overlay figures. test gives the reported
+# figures; train (evaluate.splits) sits beside it to tell under- from overfitting. Light
+# single-core work on a few images: a localrules candidate on a cluster (listed there by the
+# lead, not here).
 
 
 rule evaluate:
     input:
         data=data_store(),
-        predictions=val_predictions(),
+        predictions=split_predictions,
     output:
         evaluation=directory(evaluation_dir()),
         metrics=report(
-            f"{run_dir()}/plots/evaluation_metrics.png",
+            f"{run_dir()}/plots/evaluation_{{split}}_metrics.png",
             caption="../report/evaluation_metrics.rst",
             category="Evaluation",
+            subcategory="{split} split",
         ),
         overlays=report(
-            f"{run_dir()}/plots/evaluation_overlays.png",
+            f"{run_dir()}/plots/evaluation_{{split}}_overlays.png",
             caption="../report/evaluation_overlays.rst",
             category="Evaluation",
+            subcategory="{split} split",
         ),
+    wildcard_constraints:
+        split="train|val|test",
     params:
-        settings=settings("evaluate"),
+        settings=evaluation_settings(),
     log:
-        log_path("evaluate"),
+        log_path("evaluate_{split}"),
     conda:
         "../../envs/evaluate.yaml"
     threads: 1
@@ -30,6 +36,6 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m unetflow evaluate {input.data:q} {input.predictions:q} {output.evaluation:q}"
+        "python -m unetflow evaluate {input.data:q} {input.predictions:q} {output.evaluation:q} --split {wildcards.split}"
         " --settings {params.settings:q} --plot {output.metrics:q} --overlay-plot {output.overlays:q}"
         " > {log:q} 2>&1"

@@ -1,20 +1,24 @@
-# predict: overlap-tile inference of the trained model into OME-Zarr images, one per input image.
+# predict: overlap-tile inference of the trained model into OME-Zarr images, one per input image:
+# the images of a dataset split (val for choosing post-processing, test for the reported figures,
+# train to tell under- from overfitting) or a slide.
 # Only the predict section is a param, so changing e.g. the evaluation never re-predicts. The CLI
 # builds <output>.partial/, which outlives a failed or killed job, and resumes it chunk by chunk.
 # Peak memory is set by predict.chunk and predict.chunks_in_flight, not by the slide size; a
 # retry (attempt) gets more anyway. A GPU is requested only for device cuda.
 
 
-rule predict_val:
+rule predict_split:
     input:
         model=model_dir(),
         images=data_store(),
     output:
-        directory(val_predictions()),
+        directory(predictions()),
+    wildcard_constraints:
+        split="train|val|test",
     params:
         settings=settings("predict"),
     log:
-        log_path("predict_val"),
+        log_path("predict_{split}"),
     conda:
         "../../envs/predict.yaml"
     threads: 4
@@ -23,7 +27,7 @@ rule predict_val:
         runtime=60,
         **({"gpu": 1} if config["predict"]["device"] == "cuda" else {}),
     shell:
-        "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split val --threads {threads}"
+        "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split {wildcards.split} --threads {threads}"
         " --settings {params.settings:q} > {log:q} 2>&1"
 
 

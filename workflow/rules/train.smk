@@ -1,7 +1,8 @@
 # train: the U-Net on augmented tiles of the dataset, weighted by the weight maps. Only the model
 # and train config sections are params, so changing inference settings never retrains. The CLI
-# works in <model>.partial/, which outlives a failed or killed job; --resume continues from its
-# last checkpoint when the settings are unchanged (torch threads follow the rule's threads
+# works in <model>.checkpoints/, which outlives a failed or killed job and the finished run;
+# --resume continues from its last checkpoint when the settings are unchanged or only
+# train.steps/minutes grew (Snakemake deletes <model>/ before the rerun, not the checkpoints) (torch threads follow the rule's threads
 # through OMP_NUM_THREADS unless train.num_threads is set). A GPU is requested only for device cuda.
 
 
