@@ -9,7 +9,8 @@ from scipy import ndimage
 
 from unetflow.metrics import evaluate_segmentation
 from unetflow.io.labels import connected_instances as connected_components
-from unetflow.postprocess import remove_small, watershed
+from unetflow.instances import remove_small
+from unetflow.postprocess import watershed
 
 
 def two_touching_discs():

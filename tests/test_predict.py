@@ -28,7 +28,7 @@ from unetflow.io.ome_zarr import (
     open_ome_image,
 )
 from unetflow.model import UNet, save_checkpoint
-from unetflow.instances import grow_seeds
+from unetflow.instances import InstanceRule, grow_seeds
 from unetflow.normalize import Normalization
 from unetflow.predict import (
     DIHEDRAL,
@@ -87,6 +87,13 @@ def _predict(tmp_path: Path, net_path: Path, store: Path, name: str = "a", **set
     options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, **settings})
     out = predict_image(net_path, store, name, tmp_path / f"{name}.ome.zarr", options)
     return open_ome_image(out).levels[0][:]
+
+
+def _write_probabilities(root: Path, probabilities: np.ndarray) -> None:
+    """Level-0 probabilities (what instance labelling reads) and their argmax (the semantic labels)."""
+    probabilities = probabilities.astype(np.float32)
+    zarr.open_array(store=str(root), path=level_path("", 0), mode="r+")[:] = probabilities
+    zarr.open_array(store=str(root), path=level_path(SEMANTIC, 0), mode="r+")[:] = probabilities.argmax(axis=0)
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -374,7 +381,7 @@ def test_chunked_instance_labels_merge_objects_across_chunk_borders(tmp_path: Pa
     }[pattern]
     root = tmp_path / "p.ome.zarr"
     create_prediction(root, n_classes=2, height=100, width=90, chunk=16, levels=1, dtype="float32", attrs={})
-    zarr.open_array(store=str(root), path=level_path(SEMANTIC, 0), mode="r+")[:] = foreground.astype(np.uint8)
+    _write_probabilities(root, np.stack([~foreground, foreground]))
     expected, n_expected = ndimage.label(foreground)
     (n,) = dask.compute(instance_labels(root, {})[0], scheduler="sync")
     labels = zarr.open_array(store=str(root), path=level_path(INSTANCES, 0))[:]
@@ -390,12 +397,45 @@ def test_chunked_seed_growth_equals_whole_image_growth(tmp_path: Path) -> None:
     semantic = np.digitize(noise, [-0.02, 0.04]).astype(np.uint8)  # 0 bg, 1 interior, 2 boundary
     root = tmp_path / "p.ome.zarr"
     create_prediction(root, n_classes=3, height=100, width=90, chunk=16, levels=1, dtype="float32", attrs={}, seeds=True)
-    zarr.open_array(store=str(root), path=level_path(SEMANTIC, 0), mode="r+")[:] = semantic
+    _write_probabilities(root, np.stack([semantic == k for k in range(3)]))
     seeds, n_expected = ndimage.label(semantic == 1)
     expected = grow_seeds(seeds, semantic > 0, 4, 1)
-    (n,) = dask.compute(instance_labels(root, {}, grow=4, expand=1)[0], scheduler="sync")
+    (n,) = dask.compute(instance_labels(root, {}, InstanceRule(grow=4, expand=1))[0], scheduler="sync")
     labels = zarr.open_array(store=str(root), path=level_path(INSTANCES, 0))[:]
     assert n == n_expected and np.count_nonzero(expected) > np.count_nonzero(grow_seeds(seeds, semantic > 0, 4))  # gaps claimed
+    assert _same_partition(labels, expected)
+
+
+@pytest.mark.parametrize(
+    "rule,filtered",
+    [
+        (InstanceRule(grow=4, expand=1, seed_threshold=0.6, foreground_threshold=0.4), True),
+        (InstanceRule(grow=3, seed_threshold=0.3, foreground_threshold=0.7), False),
+        (InstanceRule(seed_threshold=0.45, foreground_threshold=0.45), True),  # a 2-class rule
+    ],
+    ids=["grown-and-filtered", "grown", "filtered"],
+)
+def test_chunked_thresholded_objects_equal_whole_image_objects(tmp_path: Path, rule: InstanceRule, filtered: bool) -> None:
+    """Thresholds, growth and min_size chunk by chunk (objects cut by chunk borders counted whole)
+    give the objects of ``InstanceRule.objects`` on the whole probability map."""
+    noise = ndimage.gaussian_filter(np.random.default_rng(7).normal(size=(3, 100, 90)), (0, 3, 3))
+    probabilities = (np.exp(12 * noise) / np.exp(12 * noise).sum(axis=0)).astype(np.float32)
+    chunk = 16
+    if filtered:  # the median object size: half the objects go, and some kept ones are smaller than it in every chunk
+        unfiltered = rule.objects(probabilities)
+        sizes = np.bincount(unfiltered.ravel())[1:]
+        rule = dataclasses.replace(rule, min_size=int(np.median(sizes)))
+        pieces = np.bincount((unfiltered * 64 + np.add.outer(np.arange(100) // chunk * 8, np.arange(90) // chunk)).ravel())
+        largest_piece = np.zeros(unfiltered.max() + 1, dtype=np.int64)
+        np.maximum.at(largest_piece, np.nonzero(pieces)[0] // 64, pieces[np.nonzero(pieces)[0]])
+        assert np.any((sizes >= rule.min_size) & (largest_piece[1:] < rule.min_size))
+    root = tmp_path / "p.ome.zarr"
+    create_prediction(root, n_classes=3, height=100, width=90, chunk=chunk, levels=1, dtype="float32", attrs={}, seeds=True)
+    _write_probabilities(root, probabilities)
+    expected = rule.objects(probabilities)
+    (n,) = dask.compute(instance_labels(root, {}, rule)[0], scheduler="sync")
+    labels = zarr.open_array(store=str(root), path=level_path(INSTANCES, 0))[:]
+    assert n == expected.max() > 5 and set(np.unique(labels)) == set(range(n + 1))
     assert _same_partition(labels, expected)
 
 
@@ -407,11 +447,19 @@ def test_three_class_model_objects_follow_its_recipe(tmp_path: Path) -> None:
     store = _store(tmp_path / "d.zarr", {"a": _image(150, 100)})
     out = predict_image(tmp_path / "m.pt", store, "a", tmp_path / "a.ome.zarr", PredictOptions.from_settings({"device": "cpu", "chunk": 64}))
     image = open_ome_image(out)
-    assert image.attrs["instances"] == {"seeds": "class 1", "grow": 3, "expand": 1}
+    assert image.attrs["instances"] == {
+        "seeds": "class 1", "grow": 3, "expand": 1, "seed_threshold": 0.5, "foreground_threshold": 0.5, "min_size": 0
+    }
     assert not (out / "seeds").exists()  # the scratch array is gone once complete
-    semantic = image.label("semantic").levels[0][:]
-    seeds, _ = ndimage.label(semantic == 1)
-    assert _same_partition(image.label("instances").levels[0][:], grow_seeds(seeds, semantic > 0, 3, 1))
+    probabilities = image.levels[0][:]
+    assert _same_partition(image.label("instances").levels[0][:], InstanceRule(grow=3, expand=1).objects(probabilities))
+    tuned = {"seed_threshold": 0.6, "foreground_threshold": 0.4, "min_size": 20}
+    out = predict_image(
+        tmp_path / "m.pt", store, "a", tmp_path / "a.ome.zarr", PredictOptions.from_settings({"device": "cpu", "chunk": 64}), tuned=tuned
+    )  # complete with other thresholds: labelled again
+    image = open_ome_image(out)
+    assert image.attrs["instances"]["seed_threshold"] == 0.6
+    assert _same_partition(image.label("instances").levels[0][:], InstanceRule(3, 1, 0.6, 0.4, 20).objects(probabilities))
     save_checkpoint(tmp_path / "old.pt", net, normalization=norm)  # 3 classes, no instance rule: refused
     with pytest.raises(InputError, match="instance recipe"):
         predict_image(tmp_path / "old.pt", store, "a", tmp_path / "b.ome.zarr", PredictOptions.from_settings({"device": "cpu"}))

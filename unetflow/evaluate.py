@@ -1,9 +1,10 @@
 """Score the predictions of a labelled split against its ground truth.
 
 For every image of the split (``test`` by default) the prediction ``<pred_dir>/<name>.ome.zarr``
-is turned into objects -- the predictor's connected components, or a watershed of its
-foreground probability (``evaluate.postprocess``) -- small objects are dropped, and every
-metric of :mod:`unetflow.metrics` is computed against ``labels/<name>`` of the data store.
+is turned into objects (``evaluate.postprocess``) -- those the tune stage's choice on the val
+split gives (``tuned``: tuned.json, see ``unetflow.tune``), the predictor's own at the default
+thresholds, or a watershed of its foreground probability -- and every metric of
+:mod:`unetflow.metrics` is computed against ``labels/<name>`` of the data store.
 
 The output folder (written atomically, with the optional report figures)::
 
@@ -33,7 +34,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from unetflow import postprocess
+from unetflow.postprocess import tuned_objects
 from unetflow.io.errors import InputError
+from unetflow.instances import InstanceRule, remove_small
 from unetflow.io.ome_zarr import open_ome_image
 from unetflow.metrics import count_scores, evaluate_segmentation, threshold_key
 from unetflow.plots.evaluation import overlay_rgb, plot_metrics, plot_overlays, save_rgb
@@ -82,16 +85,23 @@ def prediction_paths(pred_dir: str | Path, names: Sequence[str], split: str) -> 
     return paths
 
 
-def postprocess_settings(settings: dict[str, Any]) -> dict[str, Any]:
+def postprocess_settings(settings: dict[str, Any], tuned: dict[str, Any] | None) -> dict[str, Any]:
     """How objects were formed, as recorded in summary.json and shown in the report."""
+    if settings["postprocess"] == "tuned":
+        if tuned is None:
+            return {"method": "tuned", "tuned": None, "note": "no val split of its own: default thresholds, min_size 0"}
+        return {"method": "tuned", "objective": tuned["objective"], "tuned": tuned["best"], "defaults": tuned["defaults"]}
     described = {"method": settings["postprocess"], "min_size": settings["min_size"]}
     if settings["postprocess"] == "watershed":
         described["watershed"] = dict(settings["watershed"])
     return described
 
 
-def predicted_instances(path: Path, name: str, shape: tuple[int, ...], settings: dict[str, Any]) -> np.ndarray:
-    """The objects of prediction ``path`` of image ``name`` after the configured post-processing."""
+def predicted_instances(
+    path: Path, name: str, shape: tuple[int, ...], settings: dict[str, Any], tuned: dict[str, Any] | None = None
+) -> np.ndarray:
+    """The objects of prediction ``path`` of image ``name`` after the configured post-processing
+    (``tuned``: the tuned.json of the tune stage, for ``postprocess: tuned``)."""
     try:
         image = open_ome_image(path)
         verify_store(image.group, path)
@@ -104,16 +114,19 @@ def predicted_instances(path: Path, name: str, shape: tuple[int, ...], settings:
     if tuple(instances.shape) != tuple(shape):
         problem = f"prediction is {tuple(instances.shape)} but the ground truth of {name!r} is {tuple(shape)}"
         raise InputError(path, problem, "the same (Y, X) size")
-    if settings["postprocess"] == "watershed":
-        probabilities = image.levels[0]
-        if probabilities.ndim != 3 or probabilities.shape[0] < 2:
-            expected = "(classes >= 2, Y, X) with class 0 = background"
-            raise InputError(path, f"probabilities have shape {probabilities.shape}", expected)
-        foreground = 1.0 - np.asarray(probabilities[0], dtype=np.float32)
-        labels = postprocess.watershed(foreground, **settings["watershed"])
-    else:
-        labels = np.asarray(instances[...])
-    return postprocess.remove_small(labels, settings["min_size"])
+    recompute = settings["postprocess"] == "watershed" or (settings["postprocess"] == "tuned" and tuned is not None)
+    if not recompute:
+        return remove_small(np.asarray(instances[...]), 0 if settings["postprocess"] == "tuned" else settings["min_size"])
+    probabilities = image.levels[0]
+    if probabilities.ndim != 3 or probabilities.shape[0] < 2:
+        expected = "(classes >= 2, Y, X) with class 0 = background"
+        raise InputError(path, f"probabilities have shape {probabilities.shape}", expected)
+    if settings["postprocess"] == "tuned":
+        grown = image.attrs.get("instances", {})
+        recipe = InstanceRule(grow=int(grown.get("grow", 0)), expand=int(grown.get("expand", 0)))
+        return tuned_objects(np.asarray(probabilities[...], dtype=np.float32), recipe, tuned["best"])
+    foreground = 1.0 - np.asarray(probabilities[0], dtype=np.float32)
+    return remove_small(postprocess.watershed(foreground, **settings["watershed"]), settings["min_size"])
 
 
 def undefined_as_null(value: Any) -> Any:
@@ -159,10 +172,13 @@ def evaluate(
     split: str = "test",
     plot: str | Path | None = None,
     overlay_plot: str | Path | None = None,
+    tuned: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every image of ``split``; write ``out_dir`` (and the figures) atomically.
 
-    Returns the summary written to ``summary.json``.
+    ``tuned`` is the tune stage's tuned.json (``unetflow.tune.load_tuned``), used by
+    ``postprocess: tuned``; None there means the defaults. Returns the summary written to
+    ``summary.json``.
     """
     store = open_store(data_store, "dataset")
     if not store_meta(store).get("labelled") or LABELS not in store:
@@ -179,7 +195,7 @@ def evaluate(
     rows, overlays = [], []
     for name, path in tqdm(list(zip(names, paths)), desc="evaluate", unit="image"):
         gt = np.asarray(store[f"{LABELS}/{name}"][...])
-        pred = predicted_instances(path, name, gt.shape, settings)
+        pred = predicted_instances(path, name, gt.shape, settings, tuned)
         rows.append({"image": name, **evaluate_segmentation(gt, pred, thresholds)})
         if len(overlays) < settings["overlays"]:
             overlays.append((name, overlay_rgb(np.asarray(store[f"{IMAGES}/{name}"][...]), gt, pred)))
@@ -188,7 +204,7 @@ def evaluate(
         "split": split,
         "val_doubles_as_test": doubled,
         "images": names,
-        "postprocess": postprocess_settings(settings),
+        "postprocess": postprocess_settings(settings, tuned),
         **summarize(table, thresholds),
         "inputs": {"data_store": str(data_store), "predictions": str(pred_dir)},
     }

@@ -1,4 +1,13 @@
-"""Objects from a model's classes: class-1 seeds grown through the foreground and into gaps.
+"""Objects from a model's class probabilities: class-1 seeds grown through the foreground and
+into gaps, small objects removed (``InstanceRule``).
+
+Seeds are the pixels with p(class 1) > ``seed_threshold`` inside the foreground, the foreground
+the pixels with 1 - p(background) > ``foreground_threshold``. At 0.5/0.5 this is close to the
+argmax the semantic labels hold: a 2-class model's seeds are exactly its argmax class 1 (up to
+exact ties); a 3-class model's seeds are its argmax interiors that are also more than half sure
+(an interior pixel won by p1 = 0.4 against p0 = p2 = 0.3 is not a seed, only grown into), and
+its foreground adds pixels whose background probability is below one half but still the largest
+class. The validation split tunes these thresholds and ``min_size`` (``unetflow.tune``).
 
 A 3-class (background / interior / boundary) model's objects are its interior regions grown
 through the foreground one pixel per step, so two touching cells meet along their predicted
@@ -10,8 +19,64 @@ gives exactly the whole-image result.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
+from skimage.segmentation import relabel_sequential
+
+#: 4-connectivity: touching cells that only meet at a corner stay separate objects
+CONNECTIVITY = ndimage.generate_binary_structure(2, 1)
+
+
+@dataclass(frozen=True)
+class InstanceRule:
+    """How class probabilities become objects: the model's recipe (``grow``, ``expand``) and the
+    post-processing tuned on the validation split (thresholds, ``min_size``)."""
+
+    grow: int = 0
+    expand: int = 0
+    seed_threshold: float = 0.5
+    foreground_threshold: float = 0.5
+    min_size: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_tuned(self, tuned: dict[str, Any]) -> InstanceRule:
+        """This rule with the thresholds and ``min_size`` of a tuned.json entry (recipe kept)."""
+        keys = ("seed_threshold", "foreground_threshold", "min_size")
+        return InstanceRule(self.grow, self.expand, *(type(getattr(self, k))(tuned[k]) for k in keys))
+
+    def foreground(self, probabilities: np.ndarray) -> np.ndarray:
+        """Foreground mask of (C, Y, X) probabilities (or a window of them)."""
+        return (1.0 - np.asarray(probabilities[0], dtype=np.float32)) > np.float32(self.foreground_threshold)
+
+    def seeds(self, probabilities: np.ndarray) -> np.ndarray:
+        """Seed mask: confident class 1 inside the foreground (so growth never has to drop a seed)."""
+        return (np.asarray(probabilities[1], dtype=np.float32) > np.float32(self.seed_threshold)) & self.foreground(
+            probabilities
+        )
+
+    def objects(self, probabilities: np.ndarray) -> np.ndarray:
+        """int32 objects 1..n of a whole (C, Y, X) probability map; the chunked predictor
+        (``unetflow.io.ome_zarr.instance_labels``) gives the same objects slide-wide."""
+        seeds, _ = ndimage.label(self.seeds(probabilities), structure=CONNECTIVITY, output=np.int32)
+        if self.grow or self.expand:
+            seeds = grow_seeds(seeds, self.foreground(probabilities), self.grow, self.expand)
+        return remove_small(seeds, self.min_size)
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """``labels`` without objects smaller than ``min_size`` pixels, renumbered 1..n in id order."""
+    labels = np.asarray(labels)
+    if min_size > 0 and labels.size:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels = np.where(small[labels], 0, labels)
+    return relabel_sequential(labels.astype(np.int32, copy=False))[0]
 
 
 def _first_neighbour(labels: np.ndarray) -> np.ndarray:

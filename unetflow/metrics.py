@@ -195,34 +195,47 @@ def _background_as_singletons(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
-def rand_and_vi(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """Foreground-restricted adapted Rand error and variation of information (scikit-image).
+def adapted_rand(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Foreground-restricted adapted Rand error and its merge and split scores (scikit-image).
 
     ``rand_precision`` is the Rand merge score (pairs of pixels together in both / together in
     the prediction: 1 = no false merges) and ``rand_recall`` the split score (... / together in
     the truth: 1 = no false splits); ``rand_error`` = 1 - their harmonic mean. scikit-image's
     ``adapted_rand_error`` returns these two in the opposite order to its own docstring
     (scikit-image issue #6485: its "precision" divides by the true segment sizes), so they are
-    taken by formula, not by name. ``vi_split`` = H(pred | gt) and ``vi_merge`` = H(gt | pred),
-    in bits. All are NaN when the ground truth has no foreground.
+    taken by formula, not by name. NaN when the ground truth has no foreground.
+    """
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    _check_pair(gt, pred)
+    if not np.any(gt > 0):
+        nan = _undefined("Rand error", "the ground truth has no foreground pixels")
+        return dict.fromkeys(FOREGROUND_KEYS[:3], nan)
+    table = contingency_table(gt, _background_as_singletons(gt, pred), ignore_labels=[0], sparse_type="array")
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        error, split_score, merge_score = adapted_rand_error(table=table)
+    # NaN only from 0/0: no pixel pairs in one object at all (every object a single pixel).
+    return {
+        "rand_error": 0.0 if np.isnan(error) else float(error),
+        "rand_precision": 1.0 if np.isnan(merge_score) else float(merge_score),
+        "rand_recall": 1.0 if np.isnan(split_score) else float(split_score),
+    }
+
+
+def rand_and_vi(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Foreground-restricted adapted Rand error (``adapted_rand``) and variation of information:
+    ``vi_split`` = H(pred | gt) and ``vi_merge`` = H(gt | pred), in bits. All are NaN when the
+    ground truth has no foreground.
     """
     gt, pred = np.asarray(gt), np.asarray(pred)
     _check_pair(gt, pred)
     if not np.any(gt > 0):
         nan = _undefined("Rand error and VI", "the ground truth has no foreground pixels")
         return dict.fromkeys(FOREGROUND_KEYS, nan)
-    test = _background_as_singletons(gt, pred)
-    table = contingency_table(gt, test, ignore_labels=[0], sparse_type="array")
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        error, split_score, merge_score = adapted_rand_error(table=table)
     # skimage's VI cannot take a precomputed table without the images (it checks their shapes).
-    vi_split, vi_merge = variation_of_information(gt, test, ignore_labels=[0])
-    # NaN only from 0/0: no pixel pairs in one object at all (every object a single pixel).
+    vi_split, vi_merge = variation_of_information(gt, _background_as_singletons(gt, pred), ignore_labels=[0])
     return {
-        "rand_error": 0.0 if np.isnan(error) else float(error),
-        "rand_precision": 1.0 if np.isnan(merge_score) else float(merge_score),
-        "rand_recall": 1.0 if np.isnan(split_score) else float(split_score),
+        **adapted_rand(gt, pred),
         "vi_split": max(0.0, float(vi_split)),  # entropies; clip float round-off below 0
         "vi_merge": max(0.0, float(vi_merge)),
     }

@@ -16,16 +16,21 @@ user) counts. Two ways to get them:
 A 3-class model's objects are interior seeds grown through the foreground
 (``unetflow.instances.grow_seeds``).
 
-``remove_small`` then drops objects below ``min_size`` pixels (debris, speckle).
+``unetflow.instances.remove_small`` then drops objects below ``min_size`` pixels (debris, speckle).
+``tuned_objects`` applies an entry of tune's tuned.json (either way, with its ``min_size``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential
 from skimage.segmentation import watershed as flood
+
+from unetflow.instances import InstanceRule, remove_small
 
 SOURCES = ("distance", "probability")
 
@@ -62,12 +67,12 @@ def watershed(
     return relabel_sequential(labels.astype(np.int32, copy=False))[0]
 
 
-def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """``labels`` without objects smaller than ``min_size`` pixels, renumbered 1..n."""
-    labels = np.asarray(labels)
-    if min_size > 0 and labels.size:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    return relabel_sequential(labels.astype(np.int32, copy=False))[0]
+def tuned_objects(probabilities: np.ndarray, recipe: InstanceRule, entry: dict[str, Any]) -> np.ndarray:
+    """The objects of one (C, Y, X) probability map under a tuned.json entry (``unetflow.tune``):
+    the model's recipe at the entry's thresholds, or the watershed of the foreground probability
+    at its threshold and depth; then the entry's ``min_size``."""
+    if entry["mode"] == "watershed":
+        foreground = 1.0 - np.asarray(probabilities[0], dtype=np.float32)
+        labels = watershed(foreground, threshold=entry["foreground_threshold"], h_distance=entry["h_distance"])
+        return remove_small(labels, int(entry["min_size"]))
+    return recipe.with_tuned(entry).objects(probabilities)

@@ -41,9 +41,9 @@ import zarr
 
 from unetflow.config import stage_settings
 from unetflow.devices import pick_device
+from unetflow.instances import CONNECTIVITY, InstanceRule
 from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import (
-    CONNECTIVITY,
     INSTANCES,
     PROBABILITIES,
     SEEDS,
@@ -421,7 +421,7 @@ def _fingerprint(
     return digest.hexdigest()
 
 
-def _load_for_checks(model_path: Path) -> tuple[UNet, Normalization, dict[str, int]]:
+def _load_for_checks(model_path: Path) -> tuple[UNet, Normalization, InstanceRule]:
     """The model on the CPU, its normalisation recipe and its instance rule, or an InputError
     naming the checkpoint and what is wrong with it."""
     checkpoint = checkpoint_file(model_path)
@@ -442,9 +442,10 @@ def _load_for_checks(model_path: Path) -> tuple[UNet, Normalization, dict[str, i
     return model, normalization, instance_rule(model, state, model_path)
 
 
-def instance_rule(model: UNet, checkpoint: dict[str, Any], model_path: Path) -> dict[str, int]:
+def instance_rule(model: UNet, checkpoint: dict[str, Any], model_path: Path) -> InstanceRule:
     """How a model's classes become objects: class-1 regions grown and widened by the recipe's
-    ``instances`` rule (``TargetSettings.instance_rule``), recorded with the model at training.
+    ``instances`` rule (``TargetSettings.instance_rule``), recorded with the model at training,
+    at the default thresholds (``predict_image`` applies tuned ones).
 
     A checkpoint without one is a 2-class model whose objects are its class-1 regions as they are.
     """
@@ -452,8 +453,8 @@ def instance_rule(model: UNet, checkpoint: dict[str, Any], model_path: Path) -> 
     if rule is None:
         if model.config["n_classes"] != 2:
             raise InputError(model_path, "3-class model without an instance recipe", "a checkpoint written by `unetflow train`")
-        return {"grow": 0, "expand": 0}
-    return {"grow": int(rule["grow"]), "expand": int(rule["expand"])}
+        return InstanceRule()
+    return InstanceRule(grow=int(rule["grow"]), expand=int(rule["expand"]))
 
 
 def _open_image(image_store: Path, name: str) -> zarr.Array:
@@ -500,7 +501,7 @@ def _prediction_attrs(
     options: PredictOptions,
     normalization: dict[str, Any],
     fingerprint: str,
-    rule: dict[str, int],
+    rule: InstanceRule,
 ) -> dict[str, Any]:
     """The unetflow attributes of a new prediction: provenance, geometry and the resume fingerprint.
 
@@ -518,7 +519,7 @@ def _prediction_attrs(
         "tta": options.tta,
         "dtype": options.dtype,
         "connectivity": int(CONNECTIVITY.sum() - 1),
-        "instances": {"seeds": "class 1", **rule},
+        "instances": {"seeds": "class 1", **rule.to_json()},
         "fingerprint": fingerprint,
         "complete": False,
     }
@@ -588,7 +589,7 @@ def _chunk_jobs(
     ]
 
 
-def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: str, rule: dict[str, int]) -> int:
+def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: str, rule: InstanceRule) -> int:
     """Predict the chunks, label instances and build the pyramid; the number of instances.
 
     All of it is one graph, so labels and pyramid chunks wait only for the chunks they are
@@ -596,7 +597,7 @@ def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: st
     also on failure, as the next image (or a rerun) reads another array.
     """
     predicted = {job.index: dask.delayed(predict_chunk, pure=False)(job) for job in jobs}
-    counted, relabelled = instance_labels(partial, predicted, **rule)
+    counted, relabelled = instance_labels(partial, predicted, rule)
     downsampled = [
         *pyramid(partial, PROBABILITIES, predicted),
         *pyramid(partial, SEMANTIC, predicted),
@@ -631,21 +632,29 @@ def predict_image(
     out: str | Path,
     options: PredictOptions,
     runner: DaskRunner | None = None,
+    tuned: dict[str, Any] | None = None,
 ) -> Path:
     """Predict image ``name`` of a unetflow image store into the OME-Zarr image ``out``.
 
-    Resumes ``<out>.partial`` when it was started with the same model, image and settings;
-    returns at once when ``out`` is already complete with them.
+    Objects follow the model's recipe with the thresholds and ``min_size`` of ``tuned`` (the
+    ``chunked`` entry of tune's tuned.json), else the defaults. Resumes ``<out>.partial`` when it
+    was started with the same model, image and settings (the objects are always labelled again,
+    so other tuned values reuse the probabilities); returns at once when ``out`` is already
+    complete with them.
     """
     model_path, image_store, out = Path(model_path), Path(image_store), Path(out)
     image = _open_image(image_store, name)
     model, recipe, rule = _load_for_checks(model_path)
+    if tuned is not None:
+        rule = rule.with_tuned(tuned)
     _check_compatible(model, model_path, image, image_store, name)
     stats = recipe.statistics(image)  # of the whole image or slide (streamed), before any chunk job
     fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, stats, options)
-    if out.exists() and open_ome_image(out).attrs.get("fingerprint") == fingerprint:
-        log.info("%s: already complete, skipped", out)
-        return out
+    if out.exists():
+        done = open_ome_image(out).attrs
+        if done.get("fingerprint") == fingerprint and done.get("instances") == {"seeds": "class 1", **rule.to_json()}:
+            log.info("%s: already complete, skipped", out)
+            return out
     partial = out.with_name(out.name + PARTIAL)
     _, height, width = image.shape
     layout = tile_layout(model, options.tile, options.chunk, height, width)
@@ -667,7 +676,12 @@ def predict_image(
 
 
 def predict_store(
-    model_path: str | Path, image_store: str | Path, out_dir: str | Path, split: str, options: PredictOptions
+    model_path: str | Path,
+    image_store: str | Path,
+    out_dir: str | Path,
+    split: str,
+    options: PredictOptions,
+    tuned: dict[str, Any] | None = None,
 ) -> Path:
     """Predict every image of ``split`` into ``<out_dir>/<name>.ome.zarr``.
 
@@ -681,7 +695,7 @@ def predict_store(
     staging.mkdir(parents=True, exist_ok=True)
     with DaskRunner(options) as runner:
         for name in names:
-            predict_image(model_path, image_store, name, staging / f"{name}.ome.zarr", options, runner)
+            predict_image(model_path, image_store, name, staging / f"{name}.ome.zarr", options, runner, tuned)
     expected = {f"{name}.ome.zarr" for name in names}
     for leftover in staging.iterdir():  # images of an earlier, different run of this folder
         if leftover.name not in expected:

@@ -9,6 +9,7 @@ from unetflow.commands import add_settings_arguments, settings_from_args
 
 def run(args: argparse.Namespace) -> None:
     from unetflow.evaluate import evaluate
+    from unetflow.tune import load_tuned
 
     evaluate(
         args.data_store,
@@ -18,6 +19,7 @@ def run(args: argparse.Namespace) -> None:
         split=args.split,
         plot=args.plot,
         overlay_plot=args.overlay_plot,
+        tuned=load_tuned(args.tuned) if args.tuned else None,
     )
 
 
@@ -38,5 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--plot", metavar="PNG", help="also write the metric table and matching curves here")
     parser.add_argument("--overlay-plot", metavar="PNG", help="also write a grid of the overlay images here")
+    parser.add_argument(
+        "--tuned", metavar="JSON", help="tuned.json of `unetflow tune`, applied by postprocess tuned (default: the defaults)"
+    )
     add_settings_arguments(parser, "evaluate")
     parser.set_defaults(func=run)

@@ -1,6 +1,7 @@
 """``unetflow predict MODEL_DIR IMAGE_STORE OUT_DIR``: overlap-tile inference into OME-Zarr images.
 
-Writes ``OUT_DIR/<name>.ome.zarr`` for every image of the chosen split. The folder is built in
+Writes ``OUT_DIR/<name>.ome.zarr`` for every image of the chosen split; its objects follow the
+model's recipe at the thresholds and min_size of ``--tuned`` (else the defaults). The folder is built in
 ``OUT_DIR.partial`` and renamed at the end; a killed run leaves that folder behind and the next
 run with the same model, store and settings resumes it chunk by chunk.
 """
@@ -19,12 +20,14 @@ def run(args: argparse.Namespace) -> None:
     import torch  # here, not at module level: every CLI start imports this module
 
     from unetflow.predict import PredictOptions, predict_store
+    from unetflow.tune import load_tuned
 
     options = PredictOptions.from_settings(settings_from_args(args, "predict"))
     threads = options.num_threads or args.threads
     if threads > 0:  # worker processes of a distributed cluster set their own (threads_per_worker)
         torch.set_num_threads(threads)
-    out = predict_store(args.model, args.images, args.out, args.split, options)
+    tuned = load_tuned(args.tuned)["chunked"] if args.tuned else None
+    out = predict_store(args.model, args.images, args.out, args.split, options, tuned)
     log.info("predictions written to %s", out)
 
 
@@ -42,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads of the model (the rule's threads; 0 = torch's default)"
+    )
+    parser.add_argument(
+        "--tuned",
+        metavar="JSON",
+        help="tuned.json of `unetflow tune`: its chunk-exact choice forms the objects (default: thresholds 0.5, no min_size)",
     )
     add_settings_arguments(parser, "predict")
     parser.set_defaults(func=run)

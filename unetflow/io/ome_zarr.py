@@ -5,16 +5,19 @@ A prediction is one NGFF image group::
     <name>.ome.zarr/
         0, 1, ...                  class probabilities (C, Y, X), level k downsampled 2**k
         labels/semantic/0, 1, ...  uint8 (Y, X) argmax class
-        labels/instances/0, 1, ... int32 (Y, X) objects: connected components of class 1 (the
-                                   objects of a 2-class model, the interiors of a 3-class one),
-                                   grown through the foreground for a 3-class model
+        labels/instances/0, 1, ... int32 (Y, X) objects by the model's ``InstanceRule``: seeds
+                                   (confident class 1: the objects of a 2-class model, the
+                                   interiors of a 3-class one) grown through the foreground for
+                                   a 3-class model, objects below min_size removed
         attrs: {"ome": {version, multiscales}, "unetflow": {kind: "prediction", ...}}
 
 Everything here works chunk by chunk on arrays that may be far larger than memory: pyramid
 levels are computed one output chunk at a time from the level above, and the instance labelling
 labels each chunk on its own and then merges objects that touch across chunk borders (connected
-components of the graph of label pairs facing each other on chunk borders), so no step ever
-loads a whole slide. These steps are returned as ``dask.delayed`` graphs that the caller joins to
+components of the graph of label pairs facing each other on chunk borders); ``min_size`` needs
+the size of every final object, so each chunk counts the pixels of the ids it holds and the sums
+decide which ids survive (a lookup from final id to renumbered id) -- no step ever loads a whole
+slide. These steps are returned as ``dask.delayed`` graphs that the caller joins to
 the prediction graph and computes on its scheduler; the chunk functions take store paths, not
 open arrays, so they run unchanged in dask.distributed workers.
 """
@@ -35,7 +38,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 from zarr.codecs import BloscCodec
 
-from unetflow.instances import grow_seeds
+from unetflow.instances import CONNECTIVITY, InstanceRule, grow_seeds
 from unetflow.store import ATTRS_KEY, StoreError, checked_codecs, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
 
@@ -55,8 +58,6 @@ CLASS_COLOURS = [(0, 0, 0, 0), (0, 200, 0, 128), (220, 0, 0, 128), (0, 80, 255, 
 #: zarr's default zstd and at about twice its speed (labels keep zstd, which suits them)
 PROBABILITY_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
-#: 4-connectivity: touching cells that only meet at a corner stay separate objects
-CONNECTIVITY = ndimage.generate_binary_structure(2, 1)
 SEEDS = "seeds"  # scratch array of a prediction whose seeds grow: their final ids before growth
 
 
@@ -236,17 +237,17 @@ class ChunkLabels:
     right: np.ndarray
 
 
-def _local_labels(root: str, region: Box) -> tuple[np.ndarray, int]:
-    """Chunk-local ids 1..n of the class-1 regions of one chunk (deterministic)."""
-    semantic = _open(root, level_path(SEMANTIC, 0))[region.slices]
-    local, count = ndimage.label(semantic == 1, structure=CONNECTIVITY, output=np.int32)
+def _local_labels(root: str, region: Box, rule: InstanceRule) -> tuple[np.ndarray, int]:
+    """Chunk-local ids 1..n of the seed regions of one chunk (deterministic)."""
+    probabilities = _open(root, level_path(PROBABILITIES, 0))[(slice(None), *region.slices)]
+    local, count = ndimage.label(rule.seeds(probabilities), structure=CONNECTIVITY, output=np.int32)
     return local, int(count)
 
 
-def label_chunk(root: str, region: Box) -> ChunkLabels:
+def label_chunk(root: str, region: Box, rule: InstanceRule) -> ChunkLabels:
     """Label one chunk on its own; keep only what the merge needs (labelling again later is
     cheaper than storing the local ids and reading them back)."""
-    local, count = _local_labels(root, region)
+    local, count = _local_labels(root, region, rule)
     return ChunkLabels(count, local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy())
 
 
@@ -274,27 +275,55 @@ class ChunkRelabel:
         return np.concatenate([[0], final]).astype(np.int32)
 
 
-def relabel_chunk(root: str, region: Box, relabel: ChunkRelabel, path: str) -> None:
+def relabel_chunk(root: str, region: Box, relabel: ChunkRelabel, path: str, rule: InstanceRule) -> None:
     """Write the final ids of one chunk into the array at ``path``."""
-    local, _ = _local_labels(root, region)
+    local, _ = _local_labels(root, region, rule)
     _open(root, path, "r+")[region.slices] = relabel.lookup()[local]
 
 
-def grow_chunk(root: str, region: Box, grow: int, expand: int) -> None:
-    """Grow the seeds of one chunk through the foreground (semantic > 0), widen them, and write
-    the objects into instances/0 (``postprocess.grow_seeds``).
+def grow_chunk(root: str, region: Box, rule: InstanceRule) -> None:
+    """Grow the seeds of one chunk through the foreground, widen them, and write the objects
+    into instances/0 (``unetflow.instances.grow_seeds``).
 
-    Reads seeds and classes as far around the chunk as ``grow_seeds`` looks, so chunk borders
-    leave no trace.
+    Reads seeds and probabilities as far around the chunk as ``grow_seeds`` looks, so chunk
+    borders leave no trace.
     """
     seeds = _open(root, SEEDS)
-    halo = grow + 3 * expand  # growth, then the gap test's window (2 expand) and the claim (expand)
+    halo = rule.grow + 3 * rule.expand  # growth, then the gap test's window (2 expand) and the claim (expand)
     window = Box(region.y0 - halo, region.x0 - halo, region.height + 2 * halo, region.width + 2 * halo)
     window = window.intersection(Box(0, 0, *seeds.shape))
     assert window is not None  # the window contains the region
-    foreground = _open(root, level_path(SEMANTIC, 0))[window.slices] > 0
-    grown = grow_seeds(seeds[window.slices], foreground, grow, expand)
+    foreground = rule.foreground(_open(root, level_path(PROBABILITIES, 0))[(slice(None), *window.slices)])
+    grown = grow_seeds(seeds[window.slices], foreground, rule.grow, rule.expand)
     _open(root, level_path(INSTANCES, 0), "r+")[region.slices] = grown[region.relative_to(window).slices]
+
+
+def object_sizes_in_chunk(root: str, region: Box) -> tuple[np.ndarray, np.ndarray]:
+    """The object ids of one chunk of instances/0 and their pixel counts in it."""
+    ids, counts = np.unique(_open(root, level_path(INSTANCES, 0))[region.slices], return_counts=True)
+    keep = ids > 0
+    return ids[keep].astype(np.int64), counts[keep].astype(np.int64)
+
+
+def size_filter(n_objects: int, sizes: Sequence[tuple[np.ndarray, np.ndarray]], min_size: int) -> tuple[np.ndarray, int]:
+    """Lookup from final id to its id once objects below ``min_size`` pixels are removed (0) and
+    the rest renumbered 1..n in id order -- what ``remove_small`` does to a whole image -- and n.
+
+    Sizes are summed over the chunks, so an object cut by chunk borders counts whole.
+    """
+    total = np.zeros(n_objects + 1, dtype=np.int64)
+    for ids, counts in sizes:
+        np.add.at(total, ids, counts)
+    keep = total >= min_size
+    keep[0] = False
+    lookup = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
+    return lookup, int(keep.sum())
+
+
+def filter_chunk(root: str, region: Box, lookup: np.ndarray) -> None:
+    """Rewrite one chunk of instances/0 through a ``size_filter`` lookup."""
+    instances = _open(root, level_path(INSTANCES, 0), "r+")
+    instances[region.slices] = lookup[instances[region.slices]]
 
 
 def merge_chunk_labels(grid: ChunkGrid, chunks: Sequence[ChunkLabels]) -> tuple[list[ChunkRelabel], int]:
@@ -344,36 +373,43 @@ def merge_chunk_labels(grid: ChunkGrid, chunks: Sequence[ChunkLabels]) -> tuple[
 
 
 def instance_labels(
-    root: str | Path, after: Mapping[tuple[int, int], Delayed], grow: int = 0, expand: int = 0
+    root: str | Path, after: Mapping[tuple[int, int], Delayed], rule: InstanceRule = InstanceRule()
 ) -> tuple[Delayed, dict[tuple[int, int], Delayed]]:
-    """Tasks labelling class 1 (semantic == 1) into instances/0, grown by ``grow`` steps through
-    the foreground and widened by ``expand`` (see ``grow_chunk``).
+    """Tasks writing the objects of ``rule`` into instances/0: seeds labelled, grown by ``grow``
+    steps through the foreground and widened by ``expand`` (see ``grow_chunk``), objects below
+    ``min_size`` removed -- chunk by chunk, the same objects as ``rule.objects`` of the whole image.
 
     Returns the task giving the object count and, per chunk, the task writing its final ids.
-    Each chunk is labelled once its semantic chunk is written (``after[index]``, when given),
+    Each chunk is labelled once its probability chunk is written (``after[index]``, when given),
     the border merge waits for all of them, then every chunk is relabelled. With ``grow`` or
     ``expand`` the relabelled seeds go to the ``SEEDS`` scratch array and every chunk then grows
-    them once all seeds are final. Memory is a few chunks plus the ids on chunk borders.
+    them once all seeds are final. With ``min_size`` every chunk then counts its objects' pixels
+    and, once all are counted, is rewritten without the small ones. Memory is a few chunks plus
+    the ids on chunk borders (and, with ``min_size``, one int per object).
     """
     root = str(root)
     semantic = _open(root, level_path(SEMANTIC, 0))
     grid = ChunkGrid(*semantic.shape, semantic.chunks[-1])
     labelled = []
     for index, box in grid:
-        task = dask.delayed(label_chunk, pure=False)(root, box)
+        task = dask.delayed(label_chunk, pure=False)(root, box, rule)
         labelled.append(bind(task, after[index]) if index in after else task)
     relabels, n_objects = dask.delayed(merge_chunk_labels, nout=2, pure=False)(grid, labelled)
-    target = SEEDS if grow or expand else level_path(INSTANCES, 0)
-    relabelled = {
-        index: dask.delayed(relabel_chunk, pure=False)(root, box, relabels[i], target)
+    target = SEEDS if rule.grow or rule.expand else level_path(INSTANCES, 0)
+    written = {
+        index: dask.delayed(relabel_chunk, pure=False)(root, box, relabels[i], target, rule)
         for i, (index, box) in enumerate(grid)
     }
     if target == SEEDS:
-        seeds = list(relabelled.values())
-        relabelled = {
-            index: bind(dask.delayed(grow_chunk, pure=False)(root, box, grow, expand), seeds) for index, box in grid
+        seeds = list(written.values())
+        written = {
+            index: bind(dask.delayed(grow_chunk, pure=False)(root, box, rule), seeds) for index, box in grid
         }
-    return bind(n_objects, list(relabelled.values())), relabelled
+    if rule.min_size > 0:
+        sizes = [bind(dask.delayed(object_sizes_in_chunk, pure=False)(root, box), written[index]) for index, box in grid]
+        lookup, n_objects = dask.delayed(size_filter, nout=2, pure=False)(n_objects, sizes, rule.min_size)
+        written = {index: dask.delayed(filter_chunk, pure=False)(root, box, lookup) for index, box in grid}
+    return bind(n_objects, list(written.values())), written
 
 
 # -- reading -------------------------------------------------------------------------------------

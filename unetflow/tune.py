@@ -1,0 +1,221 @@
+"""Post-processing tuned on the validation split: the thresholds and ``min_size`` that turn the
+model's probabilities into the best objects, chosen on images the model did not train on.
+
+A fixed threshold of 0.5 and no size filter fit no model in particular; choosing them by eye on
+the test images makes the test figure a training figure. ``tune`` searches a grid on the val
+predictions instead and writes ``tuned.json``, which evaluate (``evaluate.postprocess: tuned``)
+and the slide predictions apply.
+
+What is searched (``tune`` config section):
+
+* ``mode: threshold`` (chunk-exact, so slides get it too): seeds = p(class 1) > seed threshold
+  inside the foreground 1 - p(background) > foreground threshold, grown by the model's recipe
+  (``unetflow.instances.InstanceRule``). A 3-class model searches both thresholds; a 2-class
+  model's seeds are its foreground, so one threshold is searched (both set to it).
+* ``mode: watershed`` (2-class models, ``tune.watershed``): the watershed of the foreground
+  probability (``unetflow.postprocess.watershed``, distance relief) at each threshold and an h
+  of ``h_fractions`` x the training objects' median diameter. Whole-image only: evaluate applies
+  it, slides get the best ``threshold`` entry (``chunked`` in tuned.json).
+* ``min_size``: ``min_size_fractions`` x the training objects' median area (the model's recipe,
+  ``object_size``), applied after either mode.
+
+With ``objective: rand`` (ISBI 2012) only the foreground threshold is searched and no size filter
+applies: the challenge's protocol (Rand error over thresholds of the membrane probability).
+
+Every candidate's objects are computed once per image and each ``min_size`` is applied to them;
+scores use the sparse matching of ``unetflow.metrics``. The val images are read once into memory
+(float32 probabilities): val splits are a few dataset images, never slides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetflow.evaluate import prediction_paths
+from unetflow.instances import InstanceRule, remove_small
+from unetflow.io.errors import InputError
+from unetflow.io.ome_zarr import open_ome_image
+from unetflow.metrics import adapted_rand, match_objects, overlap
+from unetflow.model import load_checkpoint
+from unetflow.postprocess import tuned_objects
+from unetflow.store import LABELS, StoreError, atomic_output, open_store, split_names
+
+log = logging.getLogger(__name__)
+
+IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
+#: objective -> (IoU thresholds it matches at, whether higher is better)
+OBJECTIVES: dict[str, tuple[tuple[float, ...], bool]] = {
+    "f1_mean": (IOU_THRESHOLDS, True),
+    "ap": (IOU_THRESHOLDS, True),
+    "f1_0.5": ((0.5,), True),
+    "rand": ((), False),
+}
+ENTRY_KEYS = ("mode", "seed_threshold", "foreground_threshold", "h_distance", "min_size")
+
+
+def score(gt: np.ndarray, pred: np.ndarray, objective: str) -> float:
+    """One image's objective: mean F1 or DSB AP over the IoU thresholds, F1 at 0.5, or the
+    foreground-restricted adapted Rand error (lower is better)."""
+    if objective == "rand":
+        return adapted_rand(gt, pred)["rand_error"]
+    thresholds, _ = OBJECTIVES[objective]
+    matches = match_objects(overlap(gt, pred), thresholds)
+    return float(matches["ap" if objective == "ap" else "f1"].mean())
+
+
+def candidates(settings: dict[str, Any], n_classes: int, object_size: dict[str, Any]) -> list[dict[str, Any]]:
+    """The grid: one entry per mode and threshold(s) (and h), each with ``min_size`` 0; the
+    defaults (0.5, 0.5) are always among them, so the tuned result is never worse than them on val."""
+    thresholds = sorted(set(settings["thresholds"]) | {0.5})
+    rand = settings["objective"] == "rand"
+    if n_classes == 2:
+        pairs = [(t, t) for t in thresholds]
+    else:  # rand: the protocol's one threshold, on the foreground
+        pairs = [(0.5, t) for t in thresholds] if rand else list(itertools.product(thresholds, thresholds))
+    entries = [
+        {"mode": "threshold", "seed_threshold": s, "foreground_threshold": f, "h_distance": None, "min_size": 0}
+        for s, f in pairs
+    ]
+    if settings["watershed"] and n_classes == 2 and not rand:
+        diameter = float(object_size.get("median_diameter") or 0.0)
+        hs = sorted({round(max(frac * diameter, 0.5), 2) for frac in settings["h_fractions"]})
+        entries += [
+            {"mode": "watershed", "seed_threshold": t, "foreground_threshold": t, "h_distance": h, "min_size": 0}
+            for t, h in itertools.product(thresholds, hs)
+        ]
+    return entries
+
+
+def min_sizes(settings: dict[str, Any], object_size: dict[str, Any]) -> list[int]:
+    """``min_size`` candidates in pixels: fractions of the median object area (0 always; only 0
+    for the rand objective, or when the model carries no object size)."""
+    area = float(object_size.get("median_area") or 0.0)
+    if settings["objective"] == "rand" or area <= 0:
+        return [0]
+    return sorted({0, *(int(round(frac * area)) for frac in settings["min_size_fractions"])})
+
+
+def read_split(data_store: str | Path, pred_dir: str | Path, split: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, ground truth, float32 probabilities) of every image of ``split``, in memory."""
+    store = open_store(data_store, "dataset")
+    if LABELS not in store:
+        raise StoreError(f"{data_store}: has no labels; tuning needs the val split's ground truth")
+    names = split_names(store, split)
+    if not names:
+        raise StoreError(f"{data_store}: the {split!r} split is empty; nothing to tune on (set dataset.split.val_fraction)")
+    images = []
+    for name, path in zip(names, prediction_paths(pred_dir, names, split)):
+        gt = np.asarray(store[f"{LABELS}/{name}"][...])
+        probabilities = np.asarray(open_ome_image(path).levels[0][...], dtype=np.float32)
+        if probabilities.ndim != 3 or probabilities.shape[0] < 2 or probabilities.shape[1:] != gt.shape:
+            expected = f"(classes >= 2, {gt.shape[0]}, {gt.shape[1]}) probabilities, class 0 = background"
+            raise InputError(path, f"probabilities have shape {probabilities.shape}", expected)
+        images.append((name, gt, probabilities))
+    return images
+
+
+def search(
+    images: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    recipe: InstanceRule,
+    entries: Sequence[dict[str, Any]],
+    sizes: Sequence[int],
+    objective: str,
+) -> list[dict[str, Any]]:
+    """Every entry at every ``min_size``, with its objective averaged over the images (``score``)."""
+    totals = np.zeros((len(entries), len(sizes)))
+    for _, gt, probabilities in images:
+        for i, entry in enumerate(entries):
+            found = tuned_objects(probabilities, recipe, entry)
+            for j, size in enumerate(sizes):
+                totals[i, j] += score(gt, remove_small(found, size), objective)
+    return [
+        {**entry, "min_size": size, "score": float(totals[i, j] / len(images))}
+        for i, entry in enumerate(entries)
+        for j, size in enumerate(sizes)
+    ]
+
+
+def best(rows: Sequence[dict[str, Any]], objective: str) -> dict[str, Any]:
+    """The best row (the first of equals, in grid order)."""
+    _, higher = OBJECTIVES[objective]
+    return max(rows, key=lambda row: row["score"]) if higher else min(rows, key=lambda row: row["score"])
+
+
+def tune(
+    model_dir: str | Path,
+    data_store: str | Path,
+    pred_dir: str | Path,
+    out: str | Path,
+    settings: dict[str, Any],
+    *,
+    plot: str | Path | None = None,
+) -> dict[str, Any]:
+    """Search the post-processing on the val predictions; write ``out`` (tuned.json) atomically."""
+    try:
+        checkpoint = load_checkpoint(model_dir)
+    except (OSError, ValueError) as exc:
+        raise InputError(model_dir, f"cannot read the model ({exc})", "a model directory written by `unetflow train`") from exc
+    n_classes = int(checkpoint["config"]["n_classes"])
+    recipe_meta = checkpoint.get("recipe", {})
+    grown = recipe_meta.get("instances") or {"grow": 0, "expand": 0}
+    recipe = InstanceRule(grow=int(grown["grow"]), expand=int(grown["expand"]))
+    object_size = recipe_meta.get("object_size") or {}
+    objective = settings["objective"]
+
+    started = time.perf_counter()
+    images = read_split(data_store, pred_dir, "val")
+    read_s = time.perf_counter() - started
+    rows = search(images, recipe, candidates(settings, n_classes, object_size), min_sizes(settings, object_size), objective)
+    search_s = time.perf_counter() - started - read_s
+    default = next(
+        r for r in rows if r["mode"] == "threshold" and r["seed_threshold"] == r["foreground_threshold"] == 0.5 and not r["min_size"]
+    )
+    result = {
+        "objective": objective,
+        "higher_is_better": OBJECTIVES[objective][1],
+        "split": "val",
+        "images": [name for name, _, _ in images],
+        "n_classes": n_classes,
+        "recipe": {**recipe.to_json(), "object_size": object_size},
+        "best": best(rows, objective),
+        "chunked": best([r for r in rows if r["mode"] == "threshold"], objective),
+        "defaults": default,
+        "seconds": {"read": round(read_s, 3), "search": round(search_s, 3)},
+        "grid": rows,
+    }
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(atomic_output(out)).write_text(json.dumps(result, indent=1) + "\n")
+        if plot is not None:
+            from unetflow.plots.tuning import plot_search
+
+            plot_search(result, stack.enter_context(atomic_output(plot)))
+    log.info(
+        "%s on %d val images: %.4f at the defaults, %.4f tuned (%s); %d candidates in %.1f s",
+        objective, len(images), default["score"], result["best"]["score"],
+        {k: result["best"][k] for k in ENTRY_KEYS}, len(rows), search_s,
+    )
+    return result
+
+
+def load_tuned(path: str | Path) -> dict[str, Any]:
+    """A tuned.json written by ``tune``, checked for the entries its readers use."""
+    path = Path(path)
+    expected = "a tuned.json written by `unetflow tune`"
+    try:
+        tuned = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"cannot read the tuned post-processing ({exc})", expected) from exc
+    for entry in ("best", "chunked"):
+        missing = [k for k in ENTRY_KEYS if not isinstance(tuned.get(entry), dict) or k not in tuned[entry]]
+        if missing:
+            raise InputError(path, f"entry {entry!r} lacks {missing}", expected)
+    return tuned
