@@ -31,6 +31,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/weights.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/tune.smk"
 include: "workflow/rules/evaluate.smk"
 
 

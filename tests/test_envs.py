@@ -43,7 +43,7 @@ else:  # pytest depends on tomli before 3.11
 ENVS = REPO / "envs"
 RULES = REPO / "workflow" / "rules"
 PACKAGE = "unetflow"
-STAGES = ("ingest", "weights", "train", "predict", "evaluate")
+STAGES = ("ingest", "weights", "train", "predict", "tune", "evaluate")
 
 CONDA_TO_PYPI = {"pytorch": "torch", "matplotlib-base": "matplotlib", "dask-core": "dask"}
 IMPORT_TO_PYPI = {"skimage": "scikit-image", "yaml": "pyyaml", "PIL": "pillow", "dask.distributed": "distributed"}

@@ -19,7 +19,8 @@ from tiny_workflow import RUN_DIR, check, planned_jobs, prepare, snakemake
 
 pytestmark = pytest.mark.slow
 
-PREDICT = {"predict_split": 2, "predict_slide": 1}  # test and train splits, the slide
+PREDICT = {"predict_split": 3, "predict_slide": 1}  # val (for tune), test and train splits, the slide
+TUNE = {"tune": 1}
 EVALUATE = {"evaluate": 2}  # test and train
 
 
@@ -44,29 +45,37 @@ def test_complete_run_is_up_to_date(completed: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        pytest.param({"predict": {"tile": 32}}, {**PREDICT, **EVALUATE}, id="inference-setting"),
+        pytest.param({"predict": {"tile": 32}}, {**PREDICT, **TUNE, **EVALUATE}, id="inference-setting"),
         pytest.param(
-            {"weights": {"w0": 5}}, {"weights": 1, "train": 1, **PREDICT, **EVALUATE}, id="weight-map-setting"
+            {"weights": {"w0": 5}}, {"weights": 1, "train": 1, **PREDICT, **TUNE, **EVALUATE}, id="weight-map-setting"
         ),
         pytest.param({"evaluate": {"min_size": 3}}, EVALUATE, id="metric-setting"),
-        pytest.param({"train": {"steps": 6}}, {"train": 1, **PREDICT, **EVALUATE}, id="training-setting"),
+        # the tuned choice reaches the evaluations and the slide, nothing upstream
+        pytest.param({"tune": {"objective": "ap"}}, {**TUNE, **EVALUATE, "predict_slide": 1}, id="tuning-setting"),
+        pytest.param({"train": {"steps": 6}}, {"train": 1, **PREDICT, **TUNE, **EVALUATE}, id="training-setting"),
         # which splits are scored is not a setting of any one evaluation: the others stay
         pytest.param({"evaluate": {"splits": ["test"]}}, {}, id="fewer-splits"),
-        pytest.param({"evaluate": {"splits": ["test", "train", "val"]}}, {"predict_split": 1, "evaluate": 1}, id="val-split"),
-        # an old config without a test split: test reuses the val predictions (val, train predicted)
+        pytest.param({"evaluate": {"splits": ["test", "train", "val"]}}, {"evaluate": 1}, id="val-split"),  # tune predicted val
+        # an old config without a test split: test reuses the val predictions (val, train
+        # predicted), and nothing is tuned on the images that are scored
         pytest.param(
             {"dataset": {"split": {"val_fraction": 0.25, "test_fraction": None, "seed": 0}}},
-            {"ingest_dataset": 1, "weights": 1, "train": 1, **PREDICT, **EVALUATE},
+            {"ingest_dataset": 1, "weights": 1, "train": 1, "predict_split": 2, "predict_slide": 1, **EVALUATE},
             id="val-doubles-as-test",
+        ),
+        pytest.param(  # no val split: no tuning, the defaults apply
+            {"dataset": {"split": {"val_fraction": 0, "test_fraction": 0.25, "seed": 0}}},
+            {"ingest_dataset": 1, "weights": 1, "train": 1, "predict_split": 2, "predict_slide": 1, **EVALUATE},
+            id="no-val-split",
         ),
         pytest.param(
             {"model": {"normalization": {"method": "zscore"}}},
-            {"train": 1, **PREDICT, **EVALUATE},
+            {"train": 1, **PREDICT, **TUNE, **EVALUATE},
             id="normalisation-is-the-models-not-the-stores",
         ),
         pytest.param(  # a slide store holds pixels as acquired: the dataset's split is no concern of it
             {"dataset": {"split": {"seed": 1}}},
-            {"ingest_dataset": 1, "weights": 1, "train": 1, **PREDICT, **EVALUATE},
+            {"ingest_dataset": 1, "weights": 1, "train": 1, **PREDICT, **TUNE, **EVALUATE},
             id="dataset-setting",
         ),
     ],
@@ -85,5 +94,5 @@ def test_slide_edit_leaves_the_evaluation_alone(completed: Path, tmp_path: Path)
 
 def test_forcerun_and_until(completed: Path) -> None:
     """The documented ways to redo one stage: -R reruns it and everything after, --until stops early."""
-    assert planned_jobs(completed, "--forcerun", "weights") == {"weights": 1, "train": 1, **PREDICT, **EVALUATE}
+    assert planned_jobs(completed, "--forcerun", "weights") == {"weights": 1, "train": 1, **PREDICT, **TUNE, **EVALUATE}
     assert planned_jobs(completed, "--forcerun", "weights", "--until", "train") == {"weights": 1, "train": 1}

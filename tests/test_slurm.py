@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 PLACEHOLDER = re.compile(r"^<.*>$")
-PIPELINE = {"ingest_dataset", "ingest_slide", "weights", "train", "predict_split", "predict_slide", "evaluate"}
+PIPELINE = {"ingest_dataset", "ingest_slide", "weights", "train", "predict_split", "predict_slide", "tune", "evaluate"}
 GPU_RULES = {"train", "predict_split", "predict_slide"}
 LIMIT_S = 480
 

@@ -23,7 +23,8 @@ from unetflow.postprocess import tuned_objects
 from unetflow.predict import argmax_classes
 from unetflow.store import write_dataset
 from unetflow.targets import TargetSettings, targets
-from unetflow.tune import load_tuned, tune
+from unetflow.tune import tune
+from unetflow.tuned import load_tuned
 
 import zarr
 

@@ -162,7 +162,8 @@ naming the key. This table is generated from the schema and a test keeps it in s
 editing the schema run `python -m unetflow.config > config/README.md`.
 
 Each rule receives only its own section as params, so editing `predict.*` reruns prediction and
-evaluation, `weights.*` reruns weights and everything after, `evaluate.*` only the evaluation.
+evaluation, `weights.*` reruns weights and everything after, `tune.*` the tuning, the evaluation
+and the slide predictions, `evaluate.*` only the evaluation.
 
 """
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from skimage.segmentation import relabel_sequential
 
 #: 4-connectivity: touching cells that only meet at a corner stay separate objects
 CONNECTIVITY = ndimage.generate_binary_structure(2, 1)
@@ -68,15 +67,21 @@ class InstanceRule:
         return remove_small(seeds, self.min_size)
 
 
+def kept_ids(sizes: np.ndarray, min_size: int) -> np.ndarray:
+    """Lookup from object id to its id once objects of fewer than ``min_size`` pixels (and ids
+    with no pixel at all) are dropped (0) and the rest renumbered 1..n in id order; ``sizes[i]``
+    is the pixel count of id ``i`` (index 0, background, is never kept)."""
+    keep = np.asarray(sizes) >= max(min_size, 1)
+    keep[0] = False
+    return np.where(keep, np.cumsum(keep), 0).astype(np.int32)
+
+
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     """``labels`` without objects smaller than ``min_size`` pixels, renumbered 1..n in id order."""
     labels = np.asarray(labels)
-    if min_size > 0 and labels.size:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    return relabel_sequential(labels.astype(np.int32, copy=False))[0]
+    if not labels.size:
+        return labels.astype(np.int32)
+    return kept_ids(np.bincount(labels.ravel()), min_size)[labels]
 
 
 def _first_neighbour(labels: np.ndarray) -> np.ndarray:

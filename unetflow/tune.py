@@ -48,6 +48,7 @@ from unetflow.metrics import adapted_rand, match_objects, overlap
 from unetflow.model import load_checkpoint
 from unetflow.postprocess import tuned_objects
 from unetflow.store import LABELS, StoreError, atomic_output, open_store, split_names
+from unetflow.tuned import ENTRY_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ OBJECTIVES: dict[str, tuple[tuple[float, ...], bool]] = {
     "f1_0.5": ((0.5,), True),
     "rand": ((), False),
 }
-ENTRY_KEYS = ("mode", "seed_threshold", "foreground_threshold", "h_distance", "min_size")
 
 
 def score(gt: np.ndarray, pred: np.ndarray, objective: str) -> float:
@@ -204,18 +204,3 @@ def tune(
         {k: result["best"][k] for k in ENTRY_KEYS}, len(rows), search_s,
     )
     return result
-
-
-def load_tuned(path: str | Path) -> dict[str, Any]:
-    """A tuned.json written by ``tune``, checked for the entries its readers use."""
-    path = Path(path)
-    expected = "a tuned.json written by `unetflow tune`"
-    try:
-        tuned = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"cannot read the tuned post-processing ({exc})", expected) from exc
-    for entry in ("best", "chunked"):
-        missing = [k for k in ENTRY_KEYS if not isinstance(tuned.get(entry), dict) or k not in tuned[entry]]
-        if missing:
-            raise InputError(path, f"entry {entry!r} lacks {missing}", expected)
-    return tuned

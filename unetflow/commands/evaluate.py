@@ -9,7 +9,7 @@ from unetflow.commands import add_settings_arguments, settings_from_args
 
 def run(args: argparse.Namespace) -> None:
     from unetflow.evaluate import evaluate
-    from unetflow.tune import load_tuned
+    from unetflow.tuned import load_tuned
 
     evaluate(
         args.data_store,

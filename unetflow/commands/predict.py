@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> None:
     import torch  # here, not at module level: every CLI start imports this module
 
     from unetflow.predict import PredictOptions, predict_store
-    from unetflow.tune import load_tuned
+    from unetflow.tuned import load_tuned
 
     options = PredictOptions.from_settings(settings_from_args(args, "predict"))
     threads = options.num_threads or args.threads

@@ -38,7 +38,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 from zarr.codecs import BloscCodec
 
-from unetflow.instances import CONNECTIVITY, InstanceRule, grow_seeds
+from unetflow.instances import CONNECTIVITY, InstanceRule, grow_seeds, kept_ids
 from unetflow.store import ATTRS_KEY, StoreError, checked_codecs, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
 
@@ -314,10 +314,8 @@ def size_filter(n_objects: int, sizes: Sequence[tuple[np.ndarray, np.ndarray]], 
     total = np.zeros(n_objects + 1, dtype=np.int64)
     for ids, counts in sizes:
         np.add.at(total, ids, counts)
-    keep = total >= min_size
-    keep[0] = False
-    lookup = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
-    return lookup, int(keep.sum())
+    lookup = kept_ids(total, min_size)
+    return lookup, int(lookup.max(initial=0))
 
 
 def filter_chunk(root: str, region: Box, lookup: np.ndarray) -> None:

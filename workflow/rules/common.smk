@@ -122,6 +122,28 @@ def slide_predictions(slide="{slide}"):
     return f"{run_dir()}/predictions/slides/{slide}"
 
 
+def tuned_params():
+    """The tune stage's choice of post-processing (tuned.json)."""
+    return f"{run_dir()}/tuned.json"
+
+
+def tunes_on_val():
+    """Whether the config has val images of its own to tune on: none (val_fraction 0) or val
+    doubling as test (tuning on the images that are scored is no result) skip tune."""
+    split = config["dataset"]["split"]
+    return not val_doubles_as_test() and (bool(split["val_indices"]) or split["val_fraction"] > 0)
+
+
+def tuned_input():
+    """tuned.json as an input of the rules that apply it, or nothing: the defaults apply."""
+    return tuned_params() if tunes_on_val() else []
+
+
+def tuned_option(wildcards, input):
+    """``--tuned <tuned.json>`` when the rule has one as input (``tuned_input``), else nothing."""
+    return f"--tuned {shlex.quote(input.tuned)}" if input.get("tuned") else ""
+
+
 def evaluation_dir(split="{split}"):
     return f"{run_dir()}/evaluation/{split}"
 

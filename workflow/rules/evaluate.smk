@@ -1,5 +1,6 @@
 # evaluate: score a split's predictions against the ground truth (pixel, Rand, VI, object
-# matching, SEG) and draw the report's metric and overlay figures. test gives the reported
+# matching, SEG) and draw the report's metric and overlay figures. Objects are formed with the
+# post-processing tune chose on val (tuned.json, when there is a val split of its own). test gives the reported
 # figures; train (evaluate.splits) sits beside it to tell under- from overfitting. Light
 # single-core work on a few images: a localrules candidate on a cluster (listed there by the
 # lead, not here).
@@ -9,6 +10,7 @@ rule evaluate:
     input:
         data=data_store(),
         predictions=split_predictions,
+        tuned=tuned_input(),
     output:
         evaluation=directory(evaluation_dir()),
         metrics=report(
@@ -27,6 +29,7 @@ rule evaluate:
         split="train|val|test",
     params:
         settings=evaluation_settings(),
+        tuned=tuned_option,
     log:
         log_path("evaluate_{split}"),
     conda:
@@ -37,5 +40,5 @@ rule evaluate:
         runtime=30,
     shell:
         "python -m unetflow evaluate {input.data:q} {input.predictions:q} {output.evaluation:q} --split {wildcards.split}"
-        " --settings {params.settings:q} --plot {output.metrics:q} --overlay-plot {output.overlays:q}"
+        " --settings {params.settings:q} {params.tuned} --plot {output.metrics:q} --overlay-plot {output.overlays:q}"
         " > {log:q} 2>&1"

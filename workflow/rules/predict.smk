@@ -4,7 +4,9 @@
 # Only the predict section is a param, so changing e.g. the evaluation never re-predicts. The CLI
 # builds <output>.partial/, which outlives a failed or killed job, and resumes it chunk by chunk.
 # Peak memory is set by predict.chunk and predict.chunks_in_flight, not by the slide size; a
-# retry (attempt) gets more anyway. A GPU is requested only for device cuda.
+# retry (attempt) gets more anyway. A GPU is requested only for device cuda. Slides' objects use
+# the post-processing tune chose on val (tuned.json); the dataset splits keep the defaults, as
+# evaluate forms their objects from the probabilities itself (and tune needs val's first).
 
 
 rule predict_split:
@@ -35,10 +37,12 @@ rule predict_slide:
     input:
         model=model_dir(),
         images=slide_store(),
+        tuned=tuned_input(),
     output:
         directory(slide_predictions()),
     params:
         settings=settings("predict"),
+        tuned=tuned_option,
     log:
         log_path("predict_slide_{slide}"),
     conda:
@@ -50,4 +54,4 @@ rule predict_slide:
         **({"gpu": 1} if config["predict"]["device"] == "cuda" else {}),
     shell:
         "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split all --threads {threads}"
-        " --settings {params.settings:q} > {log:q} 2>&1"
+        " --settings {params.settings:q} {params.tuned} > {log:q} 2>&1"
