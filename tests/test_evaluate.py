@@ -94,7 +94,8 @@ def test_cli_writes_table_summary_overlays_and_figures(tiny):
     assert c["seg"] == pytest.approx((n1 / n + n2 / n) / 2)
     assert (c["tp@0.5"], c["fp@0.5"], c["fn@0.5"]) == (1, 0, 1)  # the whole second disc has IoU n2/n > 0.5
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["postprocess"] == {"method": "predicted", "min_size": 0}
+    # the default, tuned, without a tuned.json: the predicted objects at the default thresholds
+    assert summary["postprocess"]["method"] == "tuned" and summary["postprocess"]["tuned"] is None
     assert summary["split"] == "test" and summary["images"] == ["b", "c"] and summary["n_gt"] == 5
     assert summary["val_doubles_as_test"] is False
     assert summary["mean_ap"] == pytest.approx(table["mean_ap"].mean())
@@ -153,7 +154,7 @@ def test_watershed_is_used_and_recorded(tiny):
 
 def test_min_size_removes_small_predicted_objects(tiny):
     store, preds, tmp = tiny
-    assert run_cli(store, preds, tmp / "big", {"min_size": 300, "overlays": 0}) == 0
+    assert run_cli(store, preds, tmp / "big", {"postprocess": "predicted", "min_size": 300, "overlays": 0}) == 0
     table = pd.read_csv(tmp / "big" / "per_image.csv").set_index("image")
     # discs have 253 px (b's all removed), the merged pair in c is larger and stays
     assert table.loc["b", "n_pred"] == 0 and table.loc["c", "n_pred"] == 1

@@ -129,6 +129,14 @@ def test_rand_objective_searches_the_foreground_threshold_only(tmp_path: Path) -
     assert result["defaults"]["score"] > 0.3  # merged at 0.5
 
 
+def test_a_flat_objective_keeps_the_defaults(tmp_path: Path) -> None:
+    """A model that finds nothing scores 0 everywhere: the defaults stay, not the grid's first row."""
+    labels, _ = _disc_pair()
+    model, store, preds = _case(tmp_path, {"a": _two_class(np.zeros(labels.shape))}, {"a": labels}, {})
+    result = tune(model, store, preds, tmp_path / "tuned.json", stage_settings("tune", "{}"))
+    assert result["best"] == result["chunked"] == result["defaults"]
+
+
 @pytest.mark.parametrize("mode", ["boundary-3class", "binary-threshold", "binary-watershed"])
 def test_perfect_probabilities_give_the_true_objects_in_every_mode(mode: str) -> None:
     """Targets fed back as one-hot probabilities: every post-processing mode recovers touching
@@ -158,7 +166,7 @@ def test_evaluate_applies_the_tuned_choice_and_refuses_a_bad_tuned_file(tmp_path
     for how, extra in (("tuned", ["--tuned", str(tuned)]), ("defaults", [])):
         out = tmp_path / how
         args = ["evaluate", str(store), str(preds), str(out), "--split", "val", "--settings", json.dumps({"overlays": 0})]
-        assert cli.main(args + extra) == 0
+        assert cli.main(args + extra + ["--plot", str(tmp_path / f"{how}.png")]) == 0
         scores[how] = json.loads((out / "summary.json").read_text())
     assert scores["tuned"]["postprocess"]["tuned"]["foreground_threshold"] == 0.7
     assert scores["tuned"]["n_pred"] == 2 and scores["defaults"]["n_pred"] == 1

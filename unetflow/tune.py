@@ -144,10 +144,13 @@ def search(
     ]
 
 
-def best(rows: Sequence[dict[str, Any]], objective: str) -> dict[str, Any]:
-    """The best row (the first of equals, in grid order)."""
+def best(rows: Sequence[dict[str, Any]], objective: str, default: dict[str, Any]) -> dict[str, Any]:
+    """The best row (the first of equals, in grid order), or ``default`` unless strictly better:
+    a flat objective (e.g. a model that finds nothing) keeps the defaults."""
     _, higher = OBJECTIVES[objective]
-    return max(rows, key=lambda row: row["score"]) if higher else min(rows, key=lambda row: row["score"])
+    found = max(rows, key=lambda row: row["score"]) if higher else min(rows, key=lambda row: row["score"])
+    better = found["score"] > default["score"] if higher else found["score"] < default["score"]
+    return found if better else default
 
 
 def tune(
@@ -186,8 +189,8 @@ def tune(
         "images": [name for name, _, _ in images],
         "n_classes": n_classes,
         "recipe": {**recipe.to_json(), "object_size": object_size},
-        "best": best(rows, objective),
-        "chunked": best([r for r in rows if r["mode"] == "threshold"], objective),
+        "best": best(rows, objective, default),
+        "chunked": best([r for r in rows if r["mode"] == "threshold"], objective, default),
         "defaults": default,
         "seconds": {"read": round(read_s, 3), "search": round(search_s, 3)},
         "grid": rows,

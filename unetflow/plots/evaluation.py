@@ -69,6 +69,16 @@ def _postprocess_label(described: dict[str, Any]) -> str:
         ws = described["watershed"]
         h = ws["h_distance"] if ws["source"] == "distance" else ws["h_probability"]
         text += f" on {ws['source']} (threshold {ws['threshold']:g}, h {h:g})"
+    if described["method"] == "tuned":
+        tuned = described["tuned"]
+        if tuned is None:
+            return text + " (no val split: defaults)"
+        text += f" on val ({described['objective']}): {tuned['mode']}, foreground > {tuned['foreground_threshold']:g}"
+        if tuned["mode"] == "watershed":
+            text += f", h {tuned['h_distance']:g}"
+        elif tuned["seed_threshold"] != tuned["foreground_threshold"]:
+            text += f", seeds > {tuned['seed_threshold']:g}"
+        return text + (f", min size {tuned['min_size']} px" if tuned["min_size"] else "")
     if described["min_size"]:
         text += f", min size {described['min_size']} px"
     return text
