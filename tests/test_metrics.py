@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from unetflow.metrics import (
@@ -253,3 +254,17 @@ def test_foreground_restricted_rand_and_vi_match_fiji_formulas(seed):
     h_joint = entropy_bits(cells.ravel() / n) + singles
     assert ours["vi_split"] == pytest.approx(h_joint - h_gt)
     assert ours["vi_merge"] == pytest.approx(h_joint - h_pred)
+
+
+def test_dropping_small_predictions_from_an_overlap_equals_overlapping_the_filtered_image() -> None:
+    from unetflow.instances import remove_small
+
+    rng = np.random.default_rng(3)
+    gt = ndimage.label(ndimage.gaussian_filter(rng.normal(size=(80, 80)), 2) > 0.1)[0]
+    pred = ndimage.label(ndimage.gaussian_filter(rng.normal(size=(80, 80)), 1.5) > 0.05)[0]
+    full = overlap(gt, pred)
+    for size in (0, 5, 30, 10_000):
+        a, b = full.without_small_predictions(size), overlap(gt, remove_small(pred, size))
+        assert a.n_pred == b.n_pred and (size < 30 or a.n_pred < full.n_pred)
+        for field in ("gt_sizes", "pred_sizes", "gt_index", "pred_index", "intersection", "iou"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))

@@ -104,6 +104,24 @@ class Overlap:
     def n_pred(self) -> int:
         return int(self.pred_sizes.size)
 
+    def without_small_predictions(self, min_size: int) -> Overlap:
+        """The overlap after predicted objects of fewer than ``min_size`` pixels are removed
+        (what ``overlap(gt, remove_small(pred, min_size))`` gives, without a pass over the pixels:
+        removing an object changes no other pair's IoU)."""
+        keep = self.pred_sizes >= min_size
+        if keep.all():
+            return self
+        new_index = np.cumsum(keep) - 1
+        pairs = keep[self.pred_index]
+        return Overlap(
+            self.gt_sizes,
+            self.pred_sizes[keep],
+            self.gt_index[pairs],
+            new_index[self.pred_index[pairs]],
+            self.intersection[pairs],
+            self.iou[pairs],
+        )
+
 
 def overlap(gt: np.ndarray, pred: np.ndarray) -> Overlap:
     """Sizes and pairwise IoU of the objects of ``gt`` and ``pred`` from a sparse contingency table."""

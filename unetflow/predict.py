@@ -534,7 +534,9 @@ def _open_or_resume_partial(
     creation) is deleted, so chunks of different predictions are never mixed. The marker folder
     is made last: its presence is what ``_resumable`` takes for a fully created store.
     """
-    if _resumable(partial, attrs["fingerprint"]):
+    if _resumable(partial, attrs["fingerprint"]):  # same probabilities; objects maybe by other tuned values
+        root = zarr.open_group(str(partial), mode="r+")
+        root.attrs[ATTRS_KEY] = {**root.attrs[ATTRS_KEY], "instances": attrs["instances"]}
         return
     shutil.rmtree(partial, ignore_errors=True)
     create_prediction(

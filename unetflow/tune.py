@@ -22,8 +22,9 @@ What is searched (``tune`` config section):
 With ``objective: rand`` (ISBI 2012) only the foreground threshold is searched and no size filter
 applies: the challenge's protocol (Rand error over thresholds of the membrane probability).
 
-Every candidate's objects are computed once per image and each ``min_size`` is applied to them;
-scores use the sparse matching of ``unetflow.metrics``. The val images are read once into memory
+Every candidate's objects are formed once per image and their overlaps with the truth counted
+once; each ``min_size`` then only drops pairs from that table (``benchmarks/tune.py`` measures
+this against forming and scoring every candidate from scratch). The val images are read once into memory
 (float32 probabilities): val splits are a few dataset images, never slides.
 """
 
@@ -62,14 +63,19 @@ OBJECTIVES: dict[str, tuple[tuple[float, ...], bool]] = {
 }
 
 
-def score(gt: np.ndarray, pred: np.ndarray, objective: str) -> float:
-    """One image's objective: mean F1 or DSB AP over the IoU thresholds, F1 at 0.5, or the
-    foreground-restricted adapted Rand error (lower is better)."""
+def scores(gt: np.ndarray, pred: np.ndarray, sizes: Sequence[int], objective: str) -> list[float]:
+    """One image's objective at each ``min_size`` of ``sizes``: mean F1 or DSB AP over the IoU
+    thresholds, F1 at 0.5, or the foreground-restricted adapted Rand error (lower is better).
+
+    Matching objectives count the object overlaps once and drop the small objects from them
+    (``Overlap.without_small_predictions``), not from the image.
+    """
     if objective == "rand":
-        return adapted_rand(gt, pred)["rand_error"]
+        return [adapted_rand(gt, remove_small(pred, size))["rand_error"] for size in sizes]
     thresholds, _ = OBJECTIVES[objective]
-    matches = match_objects(overlap(gt, pred), thresholds)
-    return float(matches["ap" if objective == "ap" else "f1"].mean())
+    counted = overlap(gt, pred)
+    key = "ap" if objective == "ap" else "f1"
+    return [float(match_objects(counted.without_small_predictions(size), thresholds)[key].mean()) for size in sizes]
 
 
 def candidates(settings: dict[str, Any], n_classes: int, object_size: dict[str, Any]) -> list[dict[str, Any]]:
@@ -130,13 +136,11 @@ def search(
     sizes: Sequence[int],
     objective: str,
 ) -> list[dict[str, Any]]:
-    """Every entry at every ``min_size``, with its objective averaged over the images (``score``)."""
+    """Every entry at every ``min_size``, with its objective averaged over the images (``scores``)."""
     totals = np.zeros((len(entries), len(sizes)))
     for _, gt, probabilities in images:
         for i, entry in enumerate(entries):
-            found = tuned_objects(probabilities, recipe, entry)
-            for j, size in enumerate(sizes):
-                totals[i, j] += score(gt, remove_small(found, size), objective)
+            totals[i] += scores(gt, tuned_objects(probabilities, recipe, entry), sizes, objective)
     return [
         {**entry, "min_size": size, "score": float(totals[i, j] / len(images))}
         for i, entry in enumerate(entries)
@@ -173,6 +177,8 @@ def tune(
     recipe = InstanceRule(grow=int(grown["grow"]), expand=int(grown["expand"]))
     object_size = recipe_meta.get("object_size") or {}
     objective = settings["objective"]
+    if settings["watershed"] and n_classes != 2:
+        log.warning("tune.watershed applies to 2-class models; this one has %d classes: not searched", n_classes)
 
     started = time.perf_counter()
     images = read_split(data_store, pred_dir, "val")
