@@ -47,8 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unetflow.config import ConfigError
-from unetflow.devices import Precision, resolve_precision
+from unetflow.devices import Precision, explicit_precisions, resolve_precision
 from unetflow.model import UNet, save_checkpoint
 from unetflow.predict import PredictOptions, predict_image, tile_layout
 from unetflow.store import write_dataset
@@ -107,15 +106,10 @@ def raw_forward(net: UNet, windows: np.ndarray, batch: int, precision: Precision
 
 def precisions(net: UNet) -> list[tuple[str, Precision, UNet]]:
     """(setting, resolved precision, net in its layout) for every precision this CPU has."""
-    found = []
-    for setting in ("fp32", "bf16"):
-        try:
-            precision = resolve_precision(setting, torch.device("cpu"))
-        except ConfigError as exc:
-            print(f"(no {setting} rows: {exc})")
-            continue
-        found.append((setting, precision, precision.prepare_model(copy.deepcopy(net))))
-    return found
+    found = explicit_precisions(torch.device("cpu"))
+    if len(found) == 1:
+        print("(no bf16 rows: this CPU has no native bf16)")
+    return [(setting, precision, precision.prepare_model(copy.deepcopy(net))) for setting, precision in found]
 
 
 def monai_sliding_window(net: UNet, image: np.ndarray, roi: int, batch: int) -> np.ndarray:

@@ -33,8 +33,8 @@ import torch
 
 from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.cli import main as cli_main
-from unetflow.config import ConfigError, stage_settings
-from unetflow.devices import Precision, pick_device, resolve_precision
+from unetflow.config import stage_settings
+from unetflow.devices import Precision, explicit_precisions, pick_device
 from unetflow.model import UNet
 from unetflow.store import write_dataset
 from unetflow.synthetic import make_dataset
@@ -113,19 +113,14 @@ def _dataset(root: Path, n_images: int, size: int) -> tuple[Path, Path]:
 
 def precision_variants(device: torch.device) -> list[tuple[str, Precision]]:
     """The precisions and layouts to compare; the first is the baseline (fp32, NCHW)."""
-    fp32 = resolve_precision("fp32", device)
-    variants = [("fp32 NCHW", dataclasses.replace(fp32, channels_last=False))]
-    if fp32.channels_last:
-        variants.append(("fp32 channels_last", fp32))
-    try:
-        reduced = resolve_precision("bf16", device)
-    except ConfigError as exc:
-        print(f"(no bf16 rows: {exc})")
-        return variants
-    name = f"{reduced.name} autocast"
-    variants.append((f"{name} NCHW", dataclasses.replace(reduced, channels_last=False)))
-    if reduced.channels_last:
-        variants.append((f"{name} channels_last", reduced))
+    variants = []
+    for setting, precision in explicit_precisions(device):
+        name = setting if precision.dtype is None else f"{setting} autocast"
+        variants.append((f"{name} NCHW", dataclasses.replace(precision, channels_last=False)))
+        if precision.channels_last:
+            variants.append((f"{name} channels_last", precision))
+    if len(variants) <= 2:
+        print(f"(no bf16 rows: {device.type} has no native bf16)")
     return variants
 
 

@@ -116,6 +116,15 @@ def resolve_precision(setting: str, device: torch.device) -> Precision:
     return precision
 
 
+def explicit_precisions(device: torch.device) -> list[tuple[str, Precision]]:
+    """``(setting, precision)`` for each explicit setting ``device`` runs (fp32, and bf16 where
+    supported): what the benchmarks compare in one run."""
+    found = [("fp32", resolve_precision("fp32", device))]
+    if _supports_bf16(device):
+        found.append(("bf16", resolve_precision("bf16", device)))
+    return found
+
+
 @functools.lru_cache(maxsize=None)
 def _log_once(setting: str, device_type: str, precision: Precision) -> None:
     why = f"native bf16: {_supports_bf16(torch.device(device_type))}" if setting == "auto" else "as configured"
