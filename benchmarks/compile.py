@@ -71,7 +71,8 @@ def bench(args: argparse.Namespace, precision: Precision) -> list[tuple[str, flo
             torch.softmax(model(x).float(), dim=1)
 
     rows = []
-    for what, fn, calls in (("train step", train_step, args.train_steps), ("predict batch", forward, args.predict_batches)):
+    runs = (("train step", train_step, args.train_steps), ("predict batch", forward, args.predict_batches))
+    for what, fn, calls in runs:
         first = _first(lambda: fn(compiled))
         fn(net)  # eager warm-up
         eager = _steady(lambda: fn(net), args.repeats)

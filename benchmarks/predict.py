@@ -235,7 +235,8 @@ def main() -> None:
     for setting, precision, _ in variants:
         layout_name = "channels_last" if precision.channels_last else "NCHW"
         ours_s, raw_s = best[f"ours {setting}"], best[f"raw {setting}"]
-        rows.append((f"(a) ours, {precision.name} {layout_name}: zarr/dask, all outputs", ours_s, f"{raw_s / ours_s:.2f}"))
+        ours_label = f"(a) ours, {precision.name} {layout_name}: zarr/dask, all outputs"
+        rows.append((ours_label, ours_s, f"{raw_s / ours_s:.2f}"))
         rows.append((f"(b) raw forward, {precision.name} {layout_name}", raw_s, ""))
     rows.append(("(c) MONAI sliding window (0.25, gaussian), fp32", best["monai"], ""))
     for label, seconds, ratio in rows:

@@ -177,7 +177,8 @@ def test_precision_is_part_of_the_prediction_identity(tmp_path: Path) -> None:
     assert open_ome_image(out).attrs["precision"] == resolved
     assert (open_ome_image(out).attrs["fingerprint"] == first) == (resolved == "fp32")
     reference = _whole_image(net, image, net.margin, precision=resolved)
-    assert np.abs(open_ome_image(out).levels[0][:] - reference).max() <= (1e-4 if resolved == "fp32" else BF16_TOLERANCE)
+    tolerance = 1e-4 if resolved == "fp32" else BF16_TOLERANCE
+    assert np.abs(open_ome_image(out).levels[0][:] - reference).max() <= tolerance
 
 
 def test_tta_tiles_equal_whole_image_tta(tmp_path: Path) -> None:

@@ -285,7 +285,8 @@ class Trainer:
         stop = steps if stop_at is None else min(stop_at, steps)
         log.info(
             "training on %s (%s): tiles %d -> %d px, %d train / %d val images, steps %d..%d",
-            self.device, self.precision.name, self.in_size, self.out_size, len(self.sampler.arrays), len(self.val_arrays),
+            self.device, self.precision.name, self.in_size, self.out_size,
+            len(self.sampler.arrays), len(self.val_arrays),
             self.step + 1, stop,
         )
         bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", file=sys.stderr, disable=not progress)
