@@ -4,6 +4,8 @@ The output is cut into chunks (``ChunkGrid``); one dask task per chunk reads the
 block with its context halo (mirror-padded at the image border by ``read_window``), cuts it into
 aligned tiles (``TileLayout``), runs them through the model in batches, stitches the valid
 outputs by pure cropping and writes exactly one zarr chunk of probabilities and of argmax labels.
+Every block is normalised as it is read, by the model's recipe (``unetflow.normalize``) with the
+statistics of the whole image or slide, computed (streamed) before the chunk tasks start.
 Because the network uses valid convolutions and tiles sit on its pooling grid, the result equals
 whole-image inference; because each task holds one chunk, memory is bounded by the chunk size
 and the number of chunks in flight, never by the slide.
@@ -51,7 +53,8 @@ from unetflow.io.ome_zarr import (
     open_ome_image,
     pyramid,
 )
-from unetflow.model import BEST, UNet, load_model
+from unetflow.model import BEST, UNet, load_checkpoint, load_model, model_from_checkpoint
+from unetflow.normalize import Normalization, NormalizedArray, Stats
 from unetflow.store import ATTRS_KEY, IMAGES, open_store, split_names, store_meta
 from unetflow.tiling import Box, ChunkGrid, TileLayout, align_up, read_window
 
@@ -203,6 +206,7 @@ class ChunkJob:
     layout: TileLayout
     index: tuple[int, int]
     region: Box
+    stats: Stats
     batch_size: int
     tta: bool
     cached_chunks: int
@@ -319,7 +323,7 @@ def cache_capacity(input_chunks: Sequence[int], layout: TileLayout, chunk: int) 
 def predict_chunk(job: ChunkJob) -> None:
     """Predict one output chunk, write its probabilities and argmax, then mark it done."""
     predictor = shared_predictor(job.model_path, job.device, job.precision, job.torch_threads)
-    image = shared_image(job)
+    image = NormalizedArray(shared_image(job), job.stats)  # whole-image statistics, never per tile
     probs = predict_region(predictor, image, job.layout, job.region, job.batch_size, job.tta)
     out_probs = zarr.open_array(store=job.out_store, path=level_path(PROBABILITIES, 0), mode="r+")
     out_probs[(..., *job.region.slices)] = probs.astype(out_probs.dtype, copy=False)
@@ -404,9 +408,15 @@ def _runner(options: PredictOptions, runner: DaskRunner | None) -> Iterator[Dask
 
 # -- one image -----------------------------------------------------------------------------------
 def _fingerprint(
-    checkpoint: Path, image_store: Path, image_array: zarr.Array, options: PredictOptions, precision: Precision
+    checkpoint: Path,
+    image_store: Path,
+    image_array: zarr.Array,
+    stats: Stats,
+    options: PredictOptions,
+    precision: Precision,
 ) -> str:
-    """Identity of a prediction: model bytes, input image and the settings that change outputs.
+    """Identity of a prediction: model bytes, input image, its normalisation statistics and the
+    settings that change outputs.
 
     The precision is the resolved one (``auto`` means bf16 on one machine and fp32 on another,
     whose outputs differ slightly), so a resumed prediction never mixes chunks of both.
@@ -422,21 +432,32 @@ def _fingerprint(
     written = (image_store / image_array.path / "zarr.json").stat().st_mtime_ns
     relevant = {k: getattr(options, k) for k in ("tile", "chunk", "dtype", "tta", "pyramid_levels")}
     relevant["precision"] = precision.name
-    identity = [str(image_store.resolve()), image_array.path, list(image_array.shape), written, relevant]
+    identity = [
+        str(image_store.resolve()), image_array.path, list(image_array.shape), written, stats.to_json(), relevant
+    ]
     digest.update(json.dumps(identity, sort_keys=True).encode())
     digest.update(json.dumps(store_meta(zarr.open_group(str(image_store), mode="r")), sort_keys=True).encode())
     return digest.hexdigest()
 
 
-def _load_for_checks(model_path: Path) -> UNet:
-    """The model on the CPU, or an InputError naming the checkpoint and what is wrong with it."""
+def _load_for_checks(model_path: Path) -> tuple[UNet, Normalization]:
+    """The model on the CPU and its normalisation recipe, or an InputError naming the checkpoint
+    and what is wrong with it."""
     checkpoint = checkpoint_file(model_path)
     if not checkpoint.is_file():
         raise InputError(model_path, "no model checkpoint", f"a model directory with {BEST} or a .pt file")
     try:
-        return load_model(checkpoint, "cpu")
+        state = load_checkpoint(checkpoint, "cpu")
+        model = model_from_checkpoint(state, "cpu")
     except Exception as exc:  # torch.load raises many types for a torn, foreign or mismatched file
         raise InputError(checkpoint, f"cannot load the model ({exc})", "a checkpoint written by unetflow") from exc
+    if "normalization" not in state:
+        raise InputError(
+            checkpoint,
+            "the model carries no normalisation recipe (trained by an older unetflow)",
+            "a model trained by this version: re-run train",
+        )
+    return model, Normalization.from_settings(state["normalization"], f"{checkpoint}: normalization")
 
 
 def _open_image(image_store: Path, name: str) -> zarr.Array:
@@ -481,6 +502,7 @@ def _prediction_attrs(
     name: str,
     layout: TileLayout,
     options: PredictOptions,
+    normalization: dict[str, Any],
     precision: Precision,
     fingerprint: str,
 ) -> dict[str, Any]:
@@ -494,6 +516,7 @@ def _prediction_attrs(
         "source_store": str(image_store),
         "model": str(model_path),
         "n_classes": model.config["n_classes"],
+        "normalization": normalization,
         "tile": layout.tile,
         "margin": layout.margin,
         "tta": options.tta,
@@ -537,6 +560,7 @@ def _chunk_jobs(
     partial: Path,
     model_path: Path,
     layout: TileLayout,
+    stats: Stats,
     options: PredictOptions,
     device: str,
     precision: Precision,
@@ -559,6 +583,7 @@ def _chunk_jobs(
             layout=layout,
             index=index,
             region=box,
+            stats=stats,
             batch_size=options.batch_size,
             tta=options.tta,
             cached_chunks=cached_chunks,
@@ -618,23 +643,28 @@ def predict_image(
     """
     model_path, image_store, out = Path(model_path), Path(image_store), Path(out)
     image = _open_image(image_store, name)
-    model = _load_for_checks(model_path)
+    model, recipe = _load_for_checks(model_path)
     _check_compatible(model, model_path, image, image_store, name)
+    stats = recipe.statistics(image)  # of the whole image or slide (streamed), before any chunk job
     device = pick_device(options.device)
     precision = resolve_precision(options.precision, device)
-    fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, options, precision)
+    fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, stats, options, precision)
     if out.exists() and open_ome_image(out).attrs.get("fingerprint") == fingerprint:
         log.info("%s: already complete, skipped", out)
         return out
     partial = out.with_name(out.name + PARTIAL)
     _, height, width = image.shape
     layout = tile_layout(model, options.tile, options.chunk, height, width)
-    attrs = _prediction_attrs(model, model_path, image_store, name, layout, options, precision, fingerprint)
+    normalization = {**recipe.to_json(), **stats.to_json()}
+    attrs = _prediction_attrs(
+        model, model_path, image_store, name, layout, options, normalization, precision, fingerprint
+    )
     _open_or_resume_partial(partial, attrs, height, width, options)
     grid = ChunkGrid(height, width, options.chunk)
     with _runner(options, runner) as run:
         jobs = _chunk_jobs(
-            grid, image, image_store, partial, model_path, layout, options, str(device), precision, run.torch_threads
+            grid, image, image_store, partial, model_path, layout, stats, options, str(device), precision,
+            run.torch_threads,
         )
         log.info(
             "%s: %d of %d chunks to predict (tile %d, margin %d)", name, len(jobs), len(grid), layout.tile, layout.margin
@@ -654,6 +684,7 @@ def predict_store(
     """
     out_dir = Path(out_dir)
     names = split_names(open_store(image_store), split)
+    _load_for_checks(Path(model_path))  # a missing or unreadable model fails before anything is written
     staging = out_dir.with_name(out_dir.name + PARTIAL)
     staging.mkdir(parents=True, exist_ok=True)
     with DaskRunner(options) as runner:

@@ -24,7 +24,7 @@ rule predict_val:
         **({"gpu": 1} if config["predict"]["device"] == "cuda" else {}),
     shell:
         "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split val --threads {threads}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule predict_slide:
@@ -46,4 +46,4 @@ rule predict_slide:
         **({"gpu": 1} if config["predict"]["device"] == "cuda" else {}),
     shell:
         "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split all --threads {threads}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        " --settings {params.settings:q} > {log:q} 2>&1"
