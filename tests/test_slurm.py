@@ -11,15 +11,30 @@ GPU) included, is exercised as a user's cluster would see it.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from scipy import ndimage
 
 from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
 from tiny_workflow import REPO, RUN_DIR, check, planned_jobs, prepare, snakemake
+from unetflow.io.ome_zarr import open_ome_image
+from unetflow.model import UNet, save_checkpoint
+from unetflow.predict import PredictOptions, predict_image
+from unetflow.scheduling import WORKER_JOB_NAME, DaskRunner
+from unetflow.store import StoreError, write_dataset
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -108,3 +123,166 @@ def test_pipeline_runs_through_slurm(cluster: SlurmCluster, tmp_path: Path) -> N
     assert summary["n_images"] == 1
     assert len(list((workdir / RUN_DIR / "predictions" / "slides" / "slide").glob("*.ome.zarr"))) == 1
     assert planned_jobs(workdir) == {}, "outputs written through SLURM are not complete and up to date"
+
+
+# -- predict.scheduler: slurm (dask-jobqueue worker jobs) ----------------------------------------
+SLIDE = 4096
+CHUNK = 512
+WORKER_JOBS = 2
+WORKERS_GONE_S = 30  # cancelled jobs pass through COMPLETING before squeue forgets them
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 4096² synthetic slide store (smoothed noise, 512² chunks), a tiny model, and the
+    prediction of the threaded scheduler that every SLURM run must reproduce exactly."""
+    root = tmp_path_factory.mktemp("slide")
+    rng = np.random.default_rng(7)
+    image = ndimage.gaussian_filter(rng.normal(size=(1, SLIDE, SLIDE)).astype(np.float32), (0, 2, 2))
+    store = write_dataset(
+        root / "slide.zarr",
+        {"giant": image / image.std()},
+        split={"train": [], "val": []},
+        normalization={"mean": [0.0], "std": [1.0]},
+        chunk=CHUNK,
+    )
+    torch.manual_seed(0)
+    save_checkpoint(root / "m.pt", UNet(in_channels=1, n_classes=2, depth=2, base_channels=4).eval())
+    reference = predict_image(root / "m.pt", store, "giant", root / "threads.ome.zarr", _options("threads"))
+    return {"store": store, "model": root / "m.pt", "reference": reference}
+
+
+def _options(scheduler: str, logs: Path | None = None, partition: str = "", **slurm: Any) -> PredictOptions:
+    settings: dict[str, Any] = {"device": "cpu", "chunk": CHUNK, "tile": 256, "scheduler": scheduler, "progress_s": 2}
+    if scheduler == "slurm":
+        worker = {"partition": partition, "jobs": WORKER_JOBS, "min_jobs": WORKER_JOBS, "cores": 1}
+        settings["slurm"] = {**worker, "memory": "2GB", "walltime": "00:10:00", "log_directory": str(logs), **slurm}
+    return PredictOptions.from_settings(settings)
+
+
+def _worker_jobs(cluster: SlurmCluster) -> list[dict[str, str]]:
+    return [job for job in cluster.jobs() if job.get("JobName") == WORKER_JOB_NAME]
+
+
+def _queued_workers() -> list[str]:
+    """Job ids of worker jobs squeue still shows (pending, running, completing)."""
+    out = subprocess.run(["squeue", "-h", "-n", WORKER_JOB_NAME, "-o", "%i"], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def _assert_no_workers_left() -> None:
+    deadline = time.monotonic() + WORKERS_GONE_S
+    while _queued_workers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _queued_workers() == [], "worker jobs outlived the prediction"
+
+
+def _assert_same_prediction(out: Path, reference: Path) -> None:
+    got, want = open_ome_image(out), open_ome_image(reference)
+    assert got.attrs["complete"] and got.attrs["fingerprint"] == want.attrs["fingerprint"]
+    for level in range(len(want.levels)):
+        assert np.array_equal(got.levels[level][:], want.levels[level][:]), f"probabilities, level {level}"
+    for labels in ("semantic", "instances"):
+        assert np.array_equal(got.label(labels).levels[0][:], want.label(labels).levels[0][:]), labels
+
+
+def _wait_for(condition, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _markers(out: Path) -> int:
+    done = out.with_name(out.name + ".partial") / ".chunks-done"
+    return len(list(done.iterdir())) if done.is_dir() else 0
+
+
+def test_slurm_workers_predict_exactly_like_threads(
+    cluster: SlurmCluster, slide: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = {job["JobId"] for job in _worker_jobs(cluster)}
+    out = tmp_path / "slurm.ome.zarr"
+    with caplog.at_level(logging.INFO, logger="unetflow.scheduling"):
+        predict_image(slide["model"], slide["store"], "giant", out, _options("slurm", tmp_path / "logs", cluster.partition))
+    _assert_same_prediction(out, slide["reference"])
+    ran = [job for job in _worker_jobs(cluster) if job["JobId"] not in before]
+    assert len(ran) == WORKER_JOBS, f"expected {WORKER_JOBS} worker jobs, SLURM ran {[j['JobId'] for j in ran]}"
+    assert all(job["Partition"] == cluster.partition and job["NumCPUs"] == "1" for job in ran)
+    lines = [r.getMessage() for r in caplog.records if "workers alive" in r.getMessage()]
+    assert lines and lines[-1].startswith(f"predict giant: {(SLIDE // CHUNK) ** 2}/{(SLIDE // CHUNK) ** 2} (100%) done")
+    assert len(list((tmp_path / "logs").glob("*.out"))) == WORKER_JOBS  # the workers' SLURM output
+    _assert_no_workers_left()
+
+
+def test_scancel_of_a_worker_mid_run_loses_nothing(cluster: SlurmCluster, slide: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "slurm.ome.zarr"
+    failure: list[BaseException] = []
+
+    def predict() -> None:
+        try:
+            predict_image(slide["model"], slide["store"], "giant", out, _options("slurm", tmp_path / "logs", cluster.partition))
+        except BaseException as exc:  # reported by the test thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=predict)
+    thread.start()
+    try:
+        _wait_for(lambda: _markers(out) >= 4, "the first chunks")
+        running = [job["JobId"] for job in _worker_jobs(cluster) if job["JobState"] == "RUNNING"]
+        victim = running[0]
+        subprocess.run(["scancel", victim], check=True)
+        written_at_kill = _markers(out)
+    finally:
+        thread.join(timeout=300)
+    assert not failure, failure
+    assert written_at_kill < (SLIDE // CHUNK) ** 2, "the run ended before a worker was lost"
+    states = {job["JobId"]: job["JobState"] for job in _worker_jobs(cluster)}
+    assert states[victim] == "CANCELLED"
+    _assert_same_prediction(out, slide["reference"])
+    _assert_no_workers_left()
+
+
+def test_failures_close_the_cluster(cluster: SlurmCluster, slide: dict[str, Path], tmp_path: Path) -> None:
+    """A path the workers cannot see is a clear error; a task that fails ends the run; either way
+    the worker jobs are cancelled and the partial output stays for a rerun."""
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(slide["store"], broken)
+    chunk_file = next(path for path in (broken / "images" / "giant").rglob("*") if path.is_file() and path.name != "zarr.json")
+    chunk_file.write_bytes(b"not a zarr chunk")
+    options = _options("slurm", tmp_path / "logs", cluster.partition)
+    out = tmp_path / "out.ome.zarr"
+    with DaskRunner(options) as run:
+        assert run.prepare([slide["store"]], "auto") == "cpu"  # the workers' own device
+        with pytest.raises(StoreError, match=r"nowhere.zarr: not visible to the dask workers on \S+"):
+            run.prepare([slide["store"], tmp_path / "nowhere.zarr"], "cpu")
+        assert _queued_workers(), "the workers should still be up inside the runner"
+        with pytest.raises(Exception) as failed:
+            predict_image(slide["model"], broken, "giant", out, options, run)
+        assert not isinstance(failed.value, AssertionError)
+    _assert_no_workers_left()
+    assert out.with_name(out.name + ".partial").is_dir() and not out.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_prediction_leaves_no_worker_jobs(
+    cluster: SlurmCluster, slide: dict[str, Path], tmp_path: Path, signum: int
+) -> None:
+    options = _options("slurm", tmp_path / "logs", cluster.partition)
+    settings = {field: getattr(options, field) for field in ("device", "chunk", "tile", "scheduler", "slurm")}
+    out = tmp_path / "predictions"
+    command = [sys.executable, "-m", "unetflow", "predict", str(slide["model"]), str(slide["store"]), str(out)]
+    process = subprocess.Popen(
+        [*command, "--settings", json.dumps(settings)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_for(lambda: _markers(out.with_name(out.name + ".partial") / "giant.ome.zarr") >= 1, "the first chunk")
+        assert _queued_workers(), "no worker jobs while predicting"
+        process.send_signal(signum)
+        stdout, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0, stdout.decode()[-2000:]
+    _assert_no_workers_left()
