@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 WORKER_JOB_NAME = "unetflow-dask"
 """SLURM job name of the worker jobs (what ``squeue -n`` finds)."""
 
+FAILURE_CHECK_S = 1.0
+"""How often a distributed run checks for a failed task (between progress lines)."""
+
 Progress = Callable[[], tuple[int, int]]
 """Returns (done, total) units of work of a running computation, e.g. chunks written."""
 
@@ -53,8 +56,13 @@ def start_slurm_cluster(settings: dict[str, Any]) -> Any:
     submitting job's interpreter (``sys.executable``: the same venv or conda env) and get the
     submitting environment (sbatch's default ``--export=ALL``) plus this package on PYTHONPATH.
     """
+    # dask-jobqueue replaces the SIGINT handler when first imported (so only the main thread can
+    # import it); put Python's back, so Ctrl-C stays a KeyboardInterrupt after the cluster is gone.
+    ctrl_c = signal.getsignal(signal.SIGINT)
     from dask_jobqueue import SLURMCluster
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, ctrl_c)
     directives = list(settings["extra"])
     if settings["gpus"] > 0:
         directives.append(f"--gpus={settings['gpus']}")
@@ -161,7 +169,9 @@ class DaskRunner:
         if self.options.scheduler == "slurm":
             self._stack.enter_context(_sigterm_as_exit())
             self._cluster = start_slurm_cluster(self.options.slurm)
-            self._scale(1)
+            slurm = self.options.slurm
+            # Idle until tasks arrive: min_jobs start now (prepare waits for one), more on load.
+            self._cluster.adapt(minimum_jobs=slurm["min_jobs"], maximum_jobs=max(slurm["jobs"], slurm["min_jobs"]))
             log.info("dask worker jobs as submitted:\n%s", self._cluster.job_script())
             self.client = Client(self._cluster, set_as_default=False)
         elif self.options.address:
@@ -237,23 +247,28 @@ class DaskRunner:
         return self.client.gather(futures)
 
     def _wait_logging(self, futures: list[Any], label: str, progress: Progress | None) -> None:
-        """Wait for ``futures``, logging one line every ``progress_s`` seconds and one at the end:
-        done/total, percent, workers alive, elapsed time (a log file gets lines, not redraws)."""
+        """Wait for ``futures`` or the first failed one (the rest would run on for nothing),
+        logging one line every ``progress_s`` seconds and one at the end: done/total, percent,
+        workers alive, elapsed time (a log file gets lines, not redraws)."""
         from distributed import wait
 
         start = time.monotonic()
+        next_line = start + self.options.progress_s
         while True:
             try:
                 with self.client.as_current():  # ``wait`` finds its client there, not as a global default
-                    wait(futures, timeout=self.options.progress_s)
+                    wait(futures, timeout=FAILURE_CHECK_S)
                 finished = True
             except TimeoutError:
-                finished = False
-            done, total = progress() if progress else (sum(f.done() for f in futures), len(futures))
-            log.info(
-                "%s: %d/%d (%.0f%%) done, %d workers alive, %.0f s",
-                label, done, total, 100 * done / max(total, 1), len(self.client.nthreads()), time.monotonic() - start,
-            )  # fmt: skip
+                finished = any(future.status == "error" for future in futures)
+            now = time.monotonic()
+            if finished or now >= next_line:
+                done, total = progress() if progress else (sum(f.done() for f in futures), len(futures))
+                log.info(
+                    "%s: %d/%d (%.0f%%) done, %d workers alive, %.0f s",
+                    label, done, total, 100 * done / max(total, 1), len(self.client.nthreads()), now - start,
+                )  # fmt: skip
+                next_line = now + self.options.progress_s
             if finished:
                 return
 
