@@ -6,6 +6,10 @@ a 2-core test node replaced: the partition/account placeholders (the test cluste
 no account: it has no accounting), and requests capped to the node's CPUs and memory. Everything
 else, status polling with squeue and the GPU requests of train/predict (the node has one fake
 GPU) included, is exercised as a user's cluster would see it.
+
+The second half runs ``predict.scheduler: slurm`` on the same cluster: dask-jobqueue worker jobs
+predict a 4096² slide exactly like the threaded scheduler, survive a cancelled worker, and leave
+no job in ``squeue`` after success, a failure, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
