@@ -2,14 +2,21 @@
 # Usage: snakemake --cores 2            (venv, see README)
 #        snakemake --cores 8 --use-conda
 #        snakemake --profile profiles/slurm
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("8.20")
+sys.path.insert(0, workflow.basedir)  # this checkout's unetflow, as jobs get it through PYTHONPATH
+from unetflow.config import validate_config
 
 
 configfile: "config/config.yaml"
 
 
+# unetflow's check first: one line per wrong key (Snakemake's own message prints the whole schema
+# after it); then Snakemake's, which fills the defaults into `config`.
+validate_config(config)
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
 

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from unetflow.model import UNet, save_checkpoint
+from unetflow.normalize import Normalization
 from unetflow.predict import PredictOptions, predict_image, tile_layout
 from unetflow.store import write_dataset
 from unetflow.synthetic import render_region
@@ -51,7 +52,7 @@ NAME = "slide"
 def make_model(path: Path, base: int, depth: int) -> UNet:
     torch.manual_seed(0)
     net = UNet(in_channels=1, n_classes=2, depth=depth, base_channels=base).eval()
-    save_checkpoint(path, net)
+    save_checkpoint(path, net, normalization=Normalization().to_json())
     return net
 
 
@@ -63,7 +64,7 @@ def make_slide(path: Path, size: int, chunk: int) -> Path:
     base = (base - base.mean()) / base.std()
     reps = -(-size // 1024)
     image = da.tile(da.from_array(base[None], chunks=(1, chunk, chunk)), (1, reps, reps))[:, :size, :size]
-    return write_dataset(path, {NAME: image}, normalization={"mean": [0.0], "std": [1.0]}, chunk=chunk)
+    return write_dataset(path, {NAME: image}, chunk=chunk)
 
 
 def options(args: argparse.Namespace) -> PredictOptions:

@@ -35,7 +35,7 @@ def test_stage_settings_from_json_and_file(tmp_path):
         stage_settings("weights", "{w0: 5")
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "isbi2012.yaml", "dsb2018.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "isbi2012.yaml", "dsb2018.yaml", "ctc.yaml"])
 def test_shipped_configs_are_valid(name):
     path = ROOT / "config" / name
     if not path.exists():

@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from unetflow import cli
 from unetflow.io.ome_zarr import INSTANCES, PROBABILITIES, SEMANTIC, create_prediction, level_path
+from unetflow.metrics import UndefinedMetricWarning
 from unetflow.plots.evaluation import overlay_rgb
 from unetflow.store import write_dataset
 
@@ -105,6 +106,22 @@ def test_cli_writes_table_summary_overlays_and_figures(tiny):
     for png in (metrics_png, overlay_png):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp.rglob(".*tmp-*")]
+
+
+def test_all_background_ground_truth_is_undefined_not_perfect(tmp_path):
+    empty = np.zeros(SHAPE, np.int32)
+    images = {n: np.zeros((1, *SHAPE), np.float32) for n in ("a", "z")}
+    store = write_dataset(tmp_path / "data.zarr", images, {"a": GT["a"], "z": empty}, split={"train": ["a"], "val": ["z"]})
+    preds = tmp_path / "predictions"
+    preds.mkdir()
+    write_prediction(preds / "z.ome.zarr", "z", empty, np.zeros(SHAPE))
+    with pytest.warns(UndefinedMetricWarning):
+        assert run_cli(store, preds, tmp_path / "evaluation") == 0
+    table = pd.read_csv(tmp_path / "evaluation" / "per_image.csv")
+    assert table[["rand_error", "seg", "vi_split"]].isna().all(axis=None)
+    summary = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
+    assert summary["rand_error"] is None and summary["seg"] is None and summary["std"]["seg"] is None
+    assert summary["pixel_error"] == 0
 
 
 def test_watershed_is_used_and_recorded(tiny):

@@ -13,8 +13,9 @@ import zarr
 
 from unetflow.cli import main
 from unetflow.config import stage_settings
-from unetflow.ingest import ingest_dataset, ingest_slide, make_split
+from unetflow.ingest import ingest_dataset, ingest_slide, make_split, read_dataset
 from unetflow.io.errors import InputError
+from unetflow.io.sources import natural_sorted
 from unetflow.store import open_store, split_names
 
 
@@ -54,9 +55,11 @@ def test_pairs_folder_binary_labels_become_instances(tmp_path):
     assert label.dtype == np.int32 and label.max() == 2  # two cells split by the membrane
     image = group["images/0"][:]
     assert image.shape == (1, 40, 48) and image.dtype == np.float32
-    # normalised with dataset-wide statistics: zero mean, unit std over all images together
-    all_pixels = np.concatenate([group[f"images/{n}"][:].ravel() for n in meta["names"]])
-    assert abs(all_pixels.mean()) < 1e-4 and abs(all_pixels.std() - 1) < 1e-3
+    # pixels as acquired (normalisation belongs to the model), in a store marked as such
+    for n in meta["names"]:
+        source = iio.imread(tmp_path / "src" / "image" / f"{n}.png")
+        np.testing.assert_array_equal(group[f"images/{n}"][0], source.astype(np.float32))
+    assert meta["format"] == 2 and "normalization" not in meta
     assert len(meta["provenance"]["sources"]) == 6
     assert all(len(src["sha256"]) == 64 for src in meta["provenance"]["sources"])
 
@@ -95,6 +98,28 @@ def test_dsb_folders_merge_masks_into_instances(tmp_path):
     assert group["images/a"].shape == (1, 30, 30)  # RGBA -> luminance
 
 
+def test_every_reader_orders_samples_naturally(tmp_path):
+    """img2 before img10 in every folder reader, so val_indices mean the same images everywhere."""
+    for sample in ("img10", "img2", "img1"):
+        (tmp_path / "dsb" / sample / "images").mkdir(parents=True)
+        (tmp_path / "dsb" / sample / "masks").mkdir()
+        iio.imwrite(tmp_path / "dsb" / sample / "images" / f"{sample}.png", np.zeros((20, 20), np.uint8))
+        for k in (10, 2):  # masks in natural order give the instance ids: m2 -> 1, m10 -> 2
+            mask = np.zeros((20, 20), np.uint8)
+            mask[k : k + 3, 1:4] = 255
+            iio.imwrite(tmp_path / "dsb" / sample / "masks" / f"m{k}.png", mask)
+        (tmp_path / "pairs" / "image").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pairs" / "label").mkdir(exist_ok=True)
+        iio.imwrite(tmp_path / "pairs" / "image" / f"{sample}.png", np.zeros((20, 20), np.uint8))
+        iio.imwrite(tmp_path / "pairs" / "label" / f"{sample}.png", two_cells((20, 20)))
+    for fmt in ("dsb", "pairs"):
+        samples = read_dataset(dataset_settings(format=fmt, path=str(tmp_path / fmt)))
+        assert [s.name for s in samples] == ["img1", "img2", "img10"], fmt
+    dsb_label = read_dataset(dataset_settings(format="dsb", path=str(tmp_path / "dsb")))[0].label
+    assert dsb_label[2, 1] == 1 and dsb_label[10, 1] == 2
+    assert natural_sorted(["t0013", "t013", "t12"]) == ["t12", "t0013", "t013"]  # ties by plain text
+
+
 def test_zarr_source_and_lazy_bigtiff_slide(tmp_path):
     slide = np.random.default_rng(2).random((700, 500), dtype=np.float32)
     tifffile.imwrite(tmp_path / "slide.tif", slide, tile=(256, 256), bigtiff=True)
@@ -102,8 +127,7 @@ def test_zarr_source_and_lazy_bigtiff_slide(tmp_path):
     group = open_store(out, "dataset")
     stored = group["images/s"]
     assert stored.shape == (1, 700, 500) and stored.chunks == (1, 256, 256)
-    expected = (slide - slide.mean()) / slide.std()
-    assert np.allclose(stored[0], expected, atol=1e-4)
+    np.testing.assert_array_equal(stored[0], slide)  # as acquired: predict normalises with the model's recipe
     assert not group.attrs["unetflow"]["labelled"]
 
     zarr.create_array(str(tmp_path / "img.zarr"), data=(slide[:64, :64] * 255).astype(np.uint8))
@@ -170,7 +194,7 @@ def test_bad_input_is_named_and_leaves_nothing(tmp_path, capsys, breakage, messa
     out.parent.mkdir()
     assert main(["ingest", "dataset", str(out), "--settings", json.dumps(settings)]) == 2
     err = capsys.readouterr().err
-    assert message in err and str(src) in err
+    assert message in err and str(src) in err and "(expected" in err
     assert_nothing_left(out)
 
 
@@ -247,6 +271,9 @@ def test_tiff_stack_errors(tmp_path, capsys):
 def test_empty_dsb_folder_and_unlabelled_zarr(tmp_path, capsys):
     (tmp_path / "dsb").mkdir()
     assert "contains no sample folders" in run_ingest({"format": "dsb", "path": str(tmp_path / "dsb")}, tmp_path / "d.zarr", capsys)
+    (tmp_path / "file.png").write_bytes(b"")
+    err = run_ingest({"format": "dsb", "path": str(tmp_path / "file.png")}, tmp_path / "d.zarr", capsys)
+    assert "file.png: is a file, not a folder (expected the folder holding the dataset" in err
     zarr.create_array(str(tmp_path / "img.zarr"), data=np.zeros((32, 32), np.uint8))
     err = run_ingest({"format": "zarr", "path": str(tmp_path / "img.zarr")}, tmp_path / "z.zarr", capsys)
     assert "label_path is not set" in err
@@ -258,11 +285,11 @@ def test_hold_out_that_the_data_cannot_give_is_an_error():
     assert make_split(["only"], {"val_fraction": 0, "seed": 0, "val_indices": None}) == {"train": ["only"], "val": []}
 
 
-def test_slide_uses_the_training_statistics(tmp_path):
+def test_slide_and_dataset_stores_hold_pixels_as_acquired(tmp_path):
     slide = np.random.default_rng(3).random((1, 300, 200), dtype=np.float32) * 4
     zarr.create_array(str(tmp_path / "raw.zarr"), data=slide)
-    stats = {"method": "zscore", "mean": [0.5], "std": [2.0]}
-    out = ingest_slide({"name": "s", "format": "zarr", "path": str(tmp_path / "raw.zarr"), "chunk": 128}, 1, "luminance", tmp_path / "s.zarr", stats)
+    out = ingest_slide({"name": "s", "format": "zarr", "path": str(tmp_path / "raw.zarr"), "chunk": 128}, 1, "luminance", tmp_path / "s.zarr")
     group = open_store(out, "dataset")
-    assert group.attrs["unetflow"]["normalization"] == stats
-    assert np.allclose(group["images/s"][:], (slide - 0.5) / 2.0, atol=1e-6)
+    assert group.attrs["unetflow"]["format"] == 2 and "normalization" not in group.attrs["unetflow"]
+    np.testing.assert_array_equal(group["images/s"][:], slide)
+

@@ -12,6 +12,7 @@ from skimage.metrics import adapted_rand_error, variation_of_information
 
 from unetflow.metrics import (
     Overlap,
+    UndefinedMetricWarning,
     evaluate_segmentation,
     match_objects,
     overlap,
@@ -118,8 +119,17 @@ def test_empty_ground_truth():
     row = evaluate_segmentation(np.zeros_like(pred), pred, [0.5])
     assert row["pixel_error"] == pytest.approx(32 / 120) and row["fg_iou"] == 0
     assert row["precision@0.5"] == 0 and row["recall@0.5"] == 1 and row["ap@0.5"] == 0
-    # foreground-restricted scores have no true foreground to score
-    assert row["rand_error"] == 0 and row["vi_split"] == 0 and row["vi_merge"] == 0
+    # foreground-restricted scores and SEG have nothing to score: undefined, never "perfect"
+    for key in ("rand_error", "rand_precision", "rand_recall", "vi_split", "vi_merge", "seg"):
+        assert math.isnan(row[key]), key
+
+
+def test_undefined_scores_warn():
+    empty = np.zeros((8, 8), np.int32)
+    with pytest.warns(UndefinedMetricWarning) as caught:
+        row = evaluate_segmentation(empty, empty, [0.5])
+    assert {"Rand error and VI", "SEG"} == {str(w.message).split(": undefined")[0] for w in caught}
+    assert math.isnan(row["rand_error"]) and math.isnan(row["seg"])
 
 
 def test_both_empty_is_perfect():

@@ -13,6 +13,7 @@ import torch
 import zarr
 from scipy import ndimage
 
+import unetflow.normalize as normalize_module
 import unetflow.predict as predict_module
 from unetflow.commands import predict as predict_command
 from unetflow.config import ConfigError
@@ -27,6 +28,7 @@ from unetflow.io.ome_zarr import (
     open_ome_image,
 )
 from unetflow.model import UNet, save_checkpoint
+from unetflow.normalize import Normalization
 from unetflow.predict import (
     DIHEDRAL,
     CachedChunks,
@@ -43,15 +45,15 @@ from unetflow.tiling import read_window
 def _model(path: Path, depth: int = 2, padding: str = "valid", in_channels: int = 1, seed: int = 0) -> UNet:
     torch.manual_seed(seed)
     net = UNet(in_channels=in_channels, n_classes=2, depth=depth, base_channels=4, padding=padding).eval()
-    save_checkpoint(path, net)
+    # an identity recipe, so the whole-image reference sees exactly the stored pixels
+    identity = Normalization("zscore", mean=(0.0,) * in_channels, std=(1.0,) * in_channels)
+    save_checkpoint(path, net, normalization=identity.to_json())
     return net
 
 
 def _store(path: Path, images: dict[str, np.ndarray], val: list[str] | None = None) -> Path:
-    channels = next(iter(images.values())).shape[0]
-    norm = {"mean": [0.0] * channels, "std": [1.0] * channels}
     split = {"train": [n for n in images if n not in (val or [])], "val": val or []}
-    return write_dataset(path, images, normalization=norm, split=split, chunk=64)
+    return write_dataset(path, images, split=split, chunk=64)
 
 
 def _image(height: int, width: int, seed: int = 0, channels: int = 1) -> np.ndarray:
@@ -261,6 +263,56 @@ def test_missing_model_is_a_clear_input_error(tmp_path: Path) -> None:
     (tmp_path / "torn.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="cannot load the model"):
         predict_image(tmp_path / "torn.pt", store, "a", tmp_path / "a.ome.zarr", PredictOptions.from_settings({}))
+
+
+# -- the model's normalisation recipe ----------------------------------------------------------
+def _percentile_model(path: Path, depth: int = 2) -> UNet:
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, n_classes=2, depth=depth, base_channels=4).eval()
+    save_checkpoint(path, net, normalization=Normalization("percentile", 1.0, 99.8).to_json())
+    return net
+
+
+def test_unseen_image_of_other_gain_and_offset_gets_the_same_prediction(tmp_path: Path) -> None:
+    _percentile_model(tmp_path / "m.pt")
+    image = _image(90, 70, seed=4)
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    other = _store(tmp_path / "other.zarr", {"a": image * 10 + 100})  # a store the model never saw
+    probs = _predict(tmp_path / "1", tmp_path / "m.pt", store, tile=20)
+    probs_other = _predict(tmp_path / "2", tmp_path / "m.pt", other, tile=20)
+    assert probs[1].std() > 1e-3
+    np.testing.assert_allclose(probs_other, probs, atol=1e-5)
+    attrs = open_ome_image(tmp_path / "2" / "a.ome.zarr").attrs
+    low, high = np.percentile(image[0].astype(np.float64) * 10 + 100, [1.0, 99.8])
+    assert attrs["normalization"]["method"] == "percentile"
+    assert attrs["normalization"]["offset"] == pytest.approx([low], rel=1e-5)
+    assert attrs["normalization"]["scale"] == pytest.approx([high - low], rel=1e-4)
+
+
+def test_slide_statistics_are_streamed_once_and_tiles_stay_seamless(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _percentile_model(tmp_path / "m.pt")
+    image = np.round(_image(150, 133, seed=5) * 50 + 1000)  # integer-valued, like a 16-bit slide
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    monkeypatch.setattr(normalize_module, "EXACT_BYTES", 1024)  # treat it as a slide too big to read whole
+    streamed = []
+    real = normalize_module.streamed_percentiles
+    monkeypatch.setattr(normalize_module, "streamed_percentiles", lambda *a: streamed.append(a) or real(*a))
+    probs = _predict(tmp_path, tmp_path / "m.pt", store, tile=10)
+    assert len(streamed) == 1  # once for the whole slide, before the chunk tasks: never per tile
+    low, high = np.percentile(image[0].astype(np.float64), [1.0, 99.8])
+    reference = _whole_image(net, ((image - low) / (high - low)).astype(np.float32), net.margin)
+    assert reference[1].std() > 1e-3
+    assert np.abs(probs - reference).max() <= 1e-4
+
+
+def test_model_without_a_recipe_is_refused(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "old.pt", UNet(in_channels=1, depth=2, base_channels=2))
+    store = _store(tmp_path / "d.zarr", {"a": _image(40, 40)})
+    with pytest.raises(InputError, match="no normalisation recipe.*re-run train"):
+        predict_image(tmp_path / "old.pt", store, "a", tmp_path / "a.ome.zarr", PredictOptions.from_settings({}))
+    assert not (tmp_path / "a.ome.zarr").exists() and not (tmp_path / "a.ome.zarr.partial").exists()
 
 
 # -- the OME-Zarr output -----------------------------------------------------------------------

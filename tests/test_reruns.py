@@ -49,6 +49,16 @@ def test_complete_run_is_up_to_date(completed: Path) -> None:
         ),
         pytest.param({"evaluate": {"min_size": 3}}, {"evaluate": 1}, id="metric-setting"),
         pytest.param({"train": {"steps": 6}}, {"train": 1, **PREDICT, "evaluate": 1}, id="training-setting"),
+        pytest.param(
+            {"model": {"normalization": {"method": "zscore"}}},
+            {"train": 1, **PREDICT, "evaluate": 1},
+            id="normalisation-is-the-models-not-the-stores",
+        ),
+        pytest.param(  # a slide store holds pixels as acquired: the dataset's split is no concern of it
+            {"dataset": {"split": {"seed": 1}}},
+            {"ingest_dataset": 1, "weights": 1, "train": 1, **PREDICT, "evaluate": 1},
+            id="dataset-setting",
+        ),
     ],
 )
 def test_edit_reruns_only_dependent_stages(

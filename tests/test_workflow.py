@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -48,12 +49,35 @@ def test_rerun_is_a_no_op_and_report_builds(finished_run):
     assert report.is_file() and report.stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_jobs_run_in_an_odd_results_path_without_an_activated_venv(tmp_path):
+    # a space and non-ASCII letters in `results` once split the unquoted `> {log}` redirect, and
+    # jobs of `.venv/bin/snakemake` without `source .venv/bin/activate` found no zarr
+    results = "rés ults ü"
+    workdir = prepare(tmp_path, dict(TINY_CONFIG, results=results))
+    check(snakemake(workdir, "--cores", "2", f"{results}/tiny/data.zarr", activated=False))
+    assert (workdir / results / "tiny" / "data.zarr" / "zarr.json").is_file()
+    log = workdir / results / "logs" / "tiny" / "tiny" / "ingest_dataset.log"
+    assert log.is_file()
+    assert sorted(p.name for p in workdir.iterdir() if not p.name.startswith(".")) == ["config", results]
+
+
+def test_readme_builds_the_report_of_a_configfile_run_with_that_configfile():
+    # a bare `snakemake --report` after a `--configfile` run fails ("marked for report but does
+    # not exist"): every README line that runs with a --configfile builds its report with it
+    commands = re.findall(r"^snakemake [^\n#]*", (REPO / "README.md").read_text(), flags=re.MULTILINE)
+    runs = {m.group(1) for c in commands if "--report" not in c for m in [re.search(r"--configfile (\S+)", c)] if m}
+    reports = {m.group(1) for c in commands if "--report" in c for m in [re.search(r"--configfile (\S+)", c)] if m}
+    assert runs and runs <= reports
+
+
 def test_typo_in_config_fails_before_any_job(tmp_path):
     workdir = prepare(tmp_path)
     bad = dict(TINY_CONFIG, train={"stpes": 3})
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(bad))
     done = snakemake(workdir, "--cores", "1", limit_s=120)
-    assert done.returncode != 0 and "stpes" in done.stdout
+    assert done.returncode != 0 and "train: Additional properties are not allowed ('stpes' was unexpected)" in done.stdout
+    assert len(done.stdout.splitlines()) < 20, done.stdout  # the key, not the whole schema after it
     assert not (workdir / "results").exists()
 
 

@@ -40,20 +40,24 @@ TINY_CONFIG: dict[str, Any] = {
 RUN_DIR = Path("results/tiny/tiny")  # <results>/<dataset.name>/<run>, relative to the working directory
 
 
-def prepare(workdir: Path) -> Path:
-    """Write the tiny config where the Snakefile looks for it; returns ``workdir``."""
+def prepare(workdir: Path, config: dict[str, Any] | None = None) -> Path:
+    """Write the tiny config (or ``config``) where the Snakefile looks for it; returns ``workdir``."""
     (workdir / "config").mkdir(parents=True, exist_ok=True)
-    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG, sort_keys=False))
+    text = yaml.safe_dump(TINY_CONFIG if config is None else config, sort_keys=False, allow_unicode=True)
+    (workdir / "config" / "config.yaml").write_text(text, encoding="utf-8")
     return workdir
 
 
-def snakemake(workdir: Path, *args: str, limit_s: int = 300) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, limit_s: int = 300, activated: bool = True) -> subprocess.CompletedProcess:
     """``snakemake -s <repo>/Snakefile ARGS`` in ``workdir`` under ``timeout -k 10 limit_s``.
 
-    The venv's bin leads PATH so rules' ``python -m unetflow`` finds the project's python (and,
-    under SLURM, the job steps find snakemake). Output is captured; stderr is merged into stdout.
+    With ``activated`` the venv's bin leads PATH, as after ``source .venv/bin/activate`` (and,
+    under SLURM, the job steps find snakemake); without it the venv's bin is taken off PATH, as
+    when ``.venv/bin/snakemake`` is called from a fresh shell. Output is captured; stderr is
+    merged into stdout.
     """
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    others = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != BIN]
+    env = {**os.environ, "PATH": os.pathsep.join([str(BIN)] * activated + others)}
     command = ["timeout", "-k", "10", str(limit_s), str(BIN / "snakemake"), "-s", str(SNAKEFILE), *args]
     return subprocess.run(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -1,8 +1,9 @@
 """Configuration: one JSON schema, defaults filled the same way for Snakemake and the CLI.
 
 The schema (``workflow/schemas/config.schema.yaml``, shipped in the package as
-``unetflow/schemas/config.schema.yaml``) is the only place defaults live. Snakemake validates the
-whole config at start with ``snakemake.utils.validate``; each CLI stage receives only its slice
+``unetflow/schemas/config.schema.yaml``) is the only place defaults live. The Snakefile validates
+the whole config at start with :func:`validate_config` (one line per wrong key) and then
+``snakemake.utils.validate`` (which fills the defaults in); each CLI stage receives only its slice
 (``--settings '<json>'``) and fills that slice's defaults from the same schema, so a stage run by
 hand behaves exactly like the rule.
 """
@@ -52,8 +53,8 @@ def validate_section(instance: Any, schema: dict[str, Any], where: str) -> None:
     if errors:
         lines = []
         for err in errors:
-            key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-            lines.append(f"  {where}{'.' if where and key != '<top level>' else ''}{key}: {err.message}")
+            key = ".".join([where, *(str(p) for p in err.absolute_path)]).strip(".") or "<top level>"
+            lines.append(f"  {key}: {err.message}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import open_ome_image
 from unetflow.metrics import count_scores, evaluate_segmentation, threshold_key
 from unetflow.plots.evaluation import overlay_rgb, plot_metrics, plot_overlays, save_rgb
-from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta
+from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta, verify_store
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def predicted_instances(path: Path, name: str, shape: tuple[int, ...], settings:
     """The objects of prediction ``path`` of image ``name`` after the configured post-processing."""
     try:
         image = open_ome_image(path)
+        verify_store(image.group, path)
         instances = image.label("instances").levels[0]
     except StoreError as exc:
         raise InputError(path, f"not a readable prediction ({exc})", "an OME-Zarr image written by `unetflow predict`") from exc
@@ -102,9 +104,20 @@ def predicted_instances(path: Path, name: str, shape: tuple[int, ...], settings:
     return postprocess.remove_small(labels, settings["min_size"])
 
 
+def undefined_as_null(value: Any) -> Any:
+    """``value`` with every NaN (an undefined metric) replaced by None, which JSON writes as null
+    (NaN itself is not JSON)."""
+    if isinstance(value, dict):
+        return {key: undefined_as_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [undefined_as_null(item) for item in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def summarize(table: pd.DataFrame, thresholds: Sequence[float]) -> dict[str, Any]:
     """Means over images (top level, their spread under ``std``), per-threshold mean curves and
-    curves from counts pooled over images.
+    curves from counts pooled over images. Undefined (NaN) values are skipped; a metric undefined
+    on every image stays NaN.
 
     The mean curves weight every image equally (the DSB 2018 convention); the pooled ones weight
     every object equally, which is steadier when images hold very different numbers of objects.
@@ -168,7 +181,7 @@ def evaluate(
         tmp = stack.enter_context(atomic_output(out_dir))
         tmp.mkdir()
         table.to_csv(tmp / "per_image.csv", index=False)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / "summary.json").write_text(json.dumps(undefined_as_null(summary), indent=2, allow_nan=False) + "\n")
         (tmp / "overlays").mkdir()
         for name, rgb in overlays:
             save_rgb(rgb, tmp / "overlays" / f"{name}.png")

@@ -1,4 +1,4 @@
-"""The ingest stage: raw files (or the synthetic generator) -> one normalised zarr store.
+"""The ingest stage: raw files (or the synthetic generator) -> one zarr store of pixels as acquired.
 
 A dataset store holds every labelled image with its instance labels and a train/validation split;
 a slide store holds one (possibly huge) unlabelled image. Both record where the data came from
@@ -19,6 +19,7 @@ import numpy as np
 
 from unetflow.io.errors import InputError
 from unetflow.io.images import to_channels_first
+from unetflow.io.pixels import finite_pixels
 from unetflow.io.sources import DATASET_READERS, Sample, open_tiff_lazily, open_zarr_image
 from unetflow.store import write_dataset
 from unetflow.synthetic import CellStyle, make_dataset, write_giant_slide
@@ -93,6 +94,8 @@ def read_dataset(settings: dict[str, Any]) -> list[Sample]:
 def ingest_dataset(settings: dict[str, Any], out: str | Path) -> Path:
     """Read the dataset described by the ``dataset`` config section and write its store."""
     samples = read_dataset(settings)
+    for sample in samples:
+        sample.image = finite_pixels(sample.image, settings["non_finite"], sample.sources[0] if sample.sources else sample.name)
     names = [s.name for s in samples]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -111,14 +114,14 @@ def ingest_dataset(settings: dict[str, Any], out: str | Path) -> Path:
 
 
 def ingest_slide(
-    slide: dict[str, Any], channels: int, rgb_rule: str, out: str | Path, normalization: dict[str, Any] | None = None
+    slide: dict[str, Any], channels: int, rgb_rule: str, out: str | Path, non_finite: dict[str, Any] | None = None
 ) -> Path:
     """Write one unlabelled slide store, streaming: the slide is never held in memory whole.
 
-    ``normalization`` should be the training dataset's statistics (the workflow passes them):
-    the network must see slide pixels scaled exactly like its training pixels, and a whole slide
-    that is mostly empty glass has very different statistics of its own. Without it the slide's
-    own statistics are used. A synthetic slide is first generated as a raw zarr array beside
+    Pixels are stored as acquired (after the channel conversion); ``predict`` normalises them
+    with the model's recipe and the whole slide's statistics. Non-finite pixels follow
+    ``non_finite`` (the dataset's ``non_finite`` section; None refuses them), chunk by chunk. A
+    synthetic slide is first generated as a raw zarr array beside
     ``out`` (removed afterwards), then ingested like any zarr source.
     """
     out = Path(out)
@@ -133,15 +136,14 @@ def ingest_slide(
         source = slide["path"]
         image = open_tiff_lazily(source) if slide["format"] == "tiff" else open_zarr_image(source)
     try:
-        image = to_channels_first(image, channels, rgb_rule, source).astype("float32")
+        image = finite_pixels(to_channels_first(image, channels, rgb_rule, source).astype("float32"), non_finite, source)
         return write_dataset(
             out,
             {slide["name"]: image},
             None,
             split={"train": [], "val": []},
-            normalization=normalization,
             chunk=slide["chunk"],
-            provenance=_provenance([source], {**slide, "channels": channels, "rgb_rule": rgb_rule}),
+            provenance=_provenance([source], {**slide, "channels": channels, "rgb_rule": rgb_rule, "non_finite": non_finite}),
         )
     finally:
         if raw_path is not None:

@@ -5,6 +5,9 @@ Every function compares a ground-truth label image with a predicted one: integer
 
 Conventions, fixed here so every number in ``per_image.csv`` means the same thing:
 
+* **Undefined is NaN.** Scores restricted to the true foreground (Rand, VI) and SEG (a mean
+  over true objects) have nothing to measure when the ground truth is all background; they are
+  NaN with an :class:`UndefinedMetricWarning`, never a perfect score, and summaries skip them.
 * **0/0 is 1.** A ratio whose denominator is zero means there was nothing to get wrong (no true
   objects and none predicted, no predictions so no false positives, ...), so it scores as
   perfect. An empty prediction of a non-empty image still scores recall, F1 and AP 0.
@@ -37,6 +40,17 @@ from skimage.metrics import adapted_rand_error, contingency_table, variation_of_
 from skimage.segmentation import relabel_sequential
 
 MATCH_KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "ap", "pq")
+FOREGROUND_KEYS = ("rand_error", "rand_precision", "rand_recall", "vi_split", "vi_merge")
+
+
+class UndefinedMetricWarning(UserWarning):
+    """A metric has nothing to measure (e.g. no true foreground) and is reported as NaN."""
+
+
+def _undefined(metric: str, why: str) -> float:
+    """NaN for ``metric``, with a warning saying why (a silent NaN would look like a bug)."""
+    warnings.warn(f"{metric}: undefined ({why}); reported as NaN", UndefinedMetricWarning, stacklevel=3)
+    return float("nan")
 
 
 def _ratio(num: Any, den: Any) -> Any:
@@ -163,11 +177,13 @@ def match_objects(ov: Overlap, thresholds: Sequence[float]) -> dict[str, np.ndar
 
 def seg_score(ov: Overlap) -> float:
     """Cell Tracking Challenge SEG: mean over true objects of the Jaccard index with the one
-    predicted object covering more than half of it (0 when none does)."""
+    predicted object covering more than half of it (0 when none does); NaN without true objects."""
+    if not ov.n_gt:
+        return _undefined("SEG", "the ground truth has no objects")
     covers = ov.intersection > 0.5 * ov.gt_sizes[ov.gt_index]
     jaccard = np.zeros(ov.n_gt)
     jaccard[ov.gt_index[covers]] = ov.iou[covers]
-    return float(jaccard.mean()) if ov.n_gt else 1.0
+    return float(jaccard.mean())
 
 
 def _background_as_singletons(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -188,12 +204,13 @@ def rand_and_vi(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     ``adapted_rand_error`` returns these two in the opposite order to its own docstring
     (scikit-image issue #6485: its "precision" divides by the true segment sizes), so they are
     taken by formula, not by name. ``vi_split`` = H(pred | gt) and ``vi_merge`` = H(gt | pred),
-    in bits.
+    in bits. All are NaN when the ground truth has no foreground.
     """
     gt, pred = np.asarray(gt), np.asarray(pred)
     _check_pair(gt, pred)
     if not np.any(gt > 0):
-        return {"rand_error": 0.0, "rand_precision": 1.0, "rand_recall": 1.0, "vi_split": 0.0, "vi_merge": 0.0}
+        nan = _undefined("Rand error and VI", "the ground truth has no foreground pixels")
+        return dict.fromkeys(FOREGROUND_KEYS, nan)
     test = _background_as_singletons(gt, pred)
     table = contingency_table(gt, test, ignore_labels=[0], sparse_type="array")
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):

@@ -226,7 +226,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> UNet:
     """Rebuild a trained UNet in eval mode from a model directory (its ``best.pt``) or a ``.pt`` file."""
-    checkpoint = load_checkpoint(path, device)
+    return model_from_checkpoint(load_checkpoint(path, device), device)
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], device: str | torch.device = "cpu") -> UNet:
+    """The UNet (eval mode) of a checkpoint dict already read by ``load_checkpoint``."""
     model = UNet(**checkpoint["config"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()

@@ -4,6 +4,8 @@ The output is cut into chunks (``ChunkGrid``); one dask task per chunk reads the
 block with its context halo (mirror-padded at the image border by ``read_window``), cuts it into
 aligned tiles (``TileLayout``), runs them through the model in batches, stitches the valid
 outputs by pure cropping and writes exactly one zarr chunk of probabilities and of argmax labels.
+Every block is normalised as it is read, by the model's recipe (``unetflow.normalize``) with the
+statistics of the whole image or slide, computed (streamed) before the chunk tasks start.
 Because the network uses valid convolutions and tiles sit on its pooling grid, the result equals
 whole-image inference; because each task holds one chunk, memory is bounded by the chunk size
 and the number of chunks in flight, never by the slide.
@@ -48,7 +50,8 @@ from unetflow.io.ome_zarr import (
     open_ome_image,
     pyramid,
 )
-from unetflow.model import BEST, UNet, load_model
+from unetflow.model import BEST, UNet, load_checkpoint, load_model, model_from_checkpoint
+from unetflow.normalize import Normalization, NormalizedArray, Stats
 from unetflow.scheduling import DaskRunner, own_runner
 from unetflow.store import ATTRS_KEY, IMAGES, open_store, split_names, store_meta
 from unetflow.tiling import Box, ChunkGrid, TileLayout, align_up, read_window
@@ -192,6 +195,7 @@ class ChunkJob:
     layout: TileLayout
     index: tuple[int, int]
     region: Box
+    stats: Stats
     batch_size: int
     tta: bool
     cached_chunks: int
@@ -308,7 +312,7 @@ def cache_capacity(input_chunks: Sequence[int], layout: TileLayout, chunk: int) 
 def predict_chunk(job: ChunkJob) -> None:
     """Predict one output chunk, write its probabilities and argmax, then mark it done."""
     predictor = shared_predictor(job.model_path, job.device, job.torch_threads)
-    image = shared_image(job)
+    image = NormalizedArray(shared_image(job), job.stats)  # whole-image statistics, never per tile
     probs = predict_region(predictor, image, job.layout, job.region, job.batch_size, job.tta)
     out_probs = zarr.open_array(store=job.out_store, path=level_path(PROBABILITIES, 0), mode="r+")
     out_probs[(..., *job.region.slices)] = probs.astype(out_probs.dtype, copy=False)
@@ -318,8 +322,11 @@ def predict_chunk(job: ChunkJob) -> None:
 
 
 # -- one image -----------------------------------------------------------------------------------
-def _fingerprint(checkpoint: Path, image_store: Path, image_array: zarr.Array, options: PredictOptions) -> str:
-    """Identity of a prediction: model bytes, input image and the settings that change outputs.
+def _fingerprint(
+    checkpoint: Path, image_store: Path, image_array: zarr.Array, stats: Stats, options: PredictOptions
+) -> str:
+    """Identity of a prediction: model bytes, input image, its normalisation statistics and the
+    settings that change outputs.
 
     A partial output is resumed only if this matches, so chunks from another model, image or
     tiling are never mixed into a result. The image is identified by its store's metadata and
@@ -331,21 +338,32 @@ def _fingerprint(checkpoint: Path, image_store: Path, image_array: zarr.Array, o
             digest.update(block)
     written = (image_store / image_array.path / "zarr.json").stat().st_mtime_ns
     relevant = {k: getattr(options, k) for k in ("tile", "chunk", "dtype", "tta", "pyramid_levels")}
-    identity = [str(image_store.resolve()), image_array.path, list(image_array.shape), written, relevant]
+    identity = [
+        str(image_store.resolve()), image_array.path, list(image_array.shape), written, stats.to_json(), relevant
+    ]
     digest.update(json.dumps(identity, sort_keys=True).encode())
     digest.update(json.dumps(store_meta(zarr.open_group(str(image_store), mode="r")), sort_keys=True).encode())
     return digest.hexdigest()
 
 
-def _load_for_checks(model_path: Path) -> UNet:
-    """The model on the CPU, or an InputError naming the checkpoint and what is wrong with it."""
+def _load_for_checks(model_path: Path) -> tuple[UNet, Normalization]:
+    """The model on the CPU and its normalisation recipe, or an InputError naming the checkpoint
+    and what is wrong with it."""
     checkpoint = checkpoint_file(model_path)
     if not checkpoint.is_file():
         raise InputError(model_path, "no model checkpoint", f"a model directory with {BEST} or a .pt file")
     try:
-        return load_model(checkpoint, "cpu")
+        state = load_checkpoint(checkpoint, "cpu")
+        model = model_from_checkpoint(state, "cpu")
     except Exception as exc:  # torch.load raises many types for a torn, foreign or mismatched file
         raise InputError(checkpoint, f"cannot load the model ({exc})", "a checkpoint written by unetflow") from exc
+    if "normalization" not in state:
+        raise InputError(
+            checkpoint,
+            "the model carries no normalisation recipe (trained by an older unetflow)",
+            "a model trained by this version: re-run train",
+        )
+    return model, Normalization.from_settings(state["normalization"], f"{checkpoint}: normalization")
 
 
 def _open_image(image_store: Path, name: str) -> zarr.Array:
@@ -384,7 +402,14 @@ def _resumable(partial: Path, fingerprint: str) -> bool:
 
 
 def _prediction_attrs(
-    model: UNet, model_path: Path, image_store: Path, name: str, layout: TileLayout, options: PredictOptions, fingerprint: str
+    model: UNet,
+    model_path: Path,
+    image_store: Path,
+    name: str,
+    layout: TileLayout,
+    options: PredictOptions,
+    normalization: dict[str, Any],
+    fingerprint: str,
 ) -> dict[str, Any]:
     """The unetflow attributes of a new prediction: provenance, geometry and the resume fingerprint.
 
@@ -396,6 +421,7 @@ def _prediction_attrs(
         "source_store": str(image_store),
         "model": str(model_path),
         "n_classes": model.config["n_classes"],
+        "normalization": normalization,
         "tile": layout.tile,
         "margin": layout.margin,
         "tta": options.tta,
@@ -438,6 +464,7 @@ def _chunk_jobs(
     partial: Path,
     model_path: Path,
     layout: TileLayout,
+    stats: Stats,
     options: PredictOptions,
     device: str,
     torch_threads: int,
@@ -458,6 +485,7 @@ def _chunk_jobs(
             layout=layout,
             index=index,
             region=box,
+            stats=stats,
             batch_size=options.batch_size,
             tta=options.tta,
             cached_chunks=cached_chunks,
@@ -524,21 +552,25 @@ def predict_image(
     """
     model_path, image_store, out = Path(model_path), Path(image_store), Path(out)
     image = _open_image(image_store, name)
-    model = _load_for_checks(model_path)
+    model, recipe = _load_for_checks(model_path)
     _check_compatible(model, model_path, image, image_store, name)
-    fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, options)
+    stats = recipe.statistics(image)  # of the whole image or slide (streamed), before any chunk job
+    fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, stats, options)
     if out.exists() and open_ome_image(out).attrs.get("fingerprint") == fingerprint:
         log.info("%s: already complete, skipped", out)
         return out
     partial = out.with_name(out.name + PARTIAL)
     _, height, width = image.shape
     layout = tile_layout(model, options.tile, options.chunk, height, width)
-    attrs = _prediction_attrs(model, model_path, image_store, name, layout, options, fingerprint)
+    normalization = {**recipe.to_json(), **stats.to_json()}
+    attrs = _prediction_attrs(model, model_path, image_store, name, layout, options, normalization, fingerprint)
     _open_or_resume_partial(partial, attrs, height, width, options)
     grid = ChunkGrid(height, width, options.chunk)
     with own_runner(options, runner) as run:
         device = run.prepare([image_store, partial, checkpoint_file(model_path)], options.device)
-        jobs = _chunk_jobs(grid, image, image_store, partial, model_path, layout, options, device, run.torch_threads)
+        jobs = _chunk_jobs(
+            grid, image, image_store, partial, model_path, layout, stats, options, device, run.torch_threads
+        )
         log.info(
             "%s: %d of %d chunks to predict (tile %d, margin %d)", name, len(jobs), len(grid), layout.tile, layout.margin
         )
@@ -557,6 +589,7 @@ def predict_store(
     """
     out_dir = Path(out_dir)
     names = split_names(open_store(image_store), split)
+    _load_for_checks(Path(model_path))  # a missing or unreadable model fails before anything is written
     staging = out_dir.with_name(out_dir.name + PARTIAL)
     staging.mkdir(parents=True, exist_ok=True)
     with DaskRunner(options) as runner:

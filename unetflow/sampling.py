@@ -19,18 +19,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetflow.normalize import Normalization, NormalizedArray
 from unetflow.store import IMAGES, LABELS, WEIGHTS, StoreError, open_store, store_meta
 from unetflow.tiling import read_window
 
 PRELOAD_BYTES = 2**30
 
 
-def open_split(data_store: str | Path, weights_store: str | Path, names: list[str]) -> list[tuple[Any, Any, Any]]:
+def open_split(
+    data_store: str | Path, weights_store: str | Path, names: list[str], normalization: Normalization
+) -> list[tuple[Any, Any, Any]]:
     """(image, label, weight) arrays of ``names``; small splits are read into memory at once.
+
+    Images come normalised by the model's (fitted) recipe, each with the statistics of the whole
+    image, exactly as ``predict`` will normalise them.
 
     Training reads thousands of random windows, so decompressing chunks for every one of them
     would dominate; a split under ``PRELOAD_BYTES`` is loaded once instead. Larger ones stay
-    lazy zarr arrays that ``read_window`` slices directly.
+    lazy zarr arrays that ``read_window`` slices (and normalises) directly.
     """
     data = open_store(data_store, "dataset")
     weights = open_store(weights_store, "weights")
@@ -41,7 +47,10 @@ def open_split(data_store: str | Path, weights_store: str | Path, names: list[st
         for group, key, store in ((data, LABELS, data_store), (weights, WEIGHTS, weights_store)):
             if name not in group[key]:
                 raise StoreError(f"{store}: no {key}/{name} (every training/validation image needs one)")
-        triples.append((data[IMAGES][name], data[LABELS][name], weights[WEIGHTS][name]))
+        image = data[IMAGES][name]
+        triples.append(
+            (NormalizedArray(image, normalization.statistics(image)), data[LABELS][name], weights[WEIGHTS][name])
+        )
     total = sum(arr.nbytes for triple in triples for arr in triple)
     if total <= PRELOAD_BYTES:
         triples = [tuple(np.asarray(arr[...]) for arr in triple) for triple in triples]

@@ -150,7 +150,7 @@ def write_giant_slide(path: str | Path, size: int, chunk: int, seed: int, style:
     """Stream a ``size`` x ``size`` synthetic slide into a raw zarr v3 array, one chunk at a time.
 
     The array (float32, shape (1, size, size)) is what a scanner export converted to zarr looks
-    like; the ingest stage then normalises it like any other zarr source. Peak memory is a few
+    like; the ingest stage then stores it like any other zarr source. Peak memory is a few
     chunks, whatever ``size`` is.
     """
     path = Path(path)

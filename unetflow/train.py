@@ -29,9 +29,10 @@ from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.config import ConfigError
 from unetflow.devices import pick_device
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
+from unetflow.normalize import Normalization
 from unetflow.sampling import TileSampler, open_split
 from unetflow.predict import TilePredictor, predict_region, tile_layout
-from unetflow.store import atomic_output, open_store, split_names, store_meta
+from unetflow.store import IMAGES, atomic_output, open_store, split_names, store_meta
 from unetflow.tiling import ChunkGrid
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class Trainer:
         # What the run trains on: re-ingested data or recomputed weight maps (new provenance or
         # settings in their attributes) must start a fresh run, never resume an old one.
         self.inputs = {"data": self.meta, "weights": store_meta(open_store(weights_store, "weights"))}
-        self.model = UNet(in_channels=int(self.meta["channels"]), **model_settings).to(self.device)
+        architecture = {k: v for k, v in model_settings.items() if k != "normalization"}
+        self.model = UNet(in_channels=int(self.meta["channels"]), **architecture).to(self.device)
         self.out_size = self.model.valid_output_size(cfg["tile"])
         self.in_size = self.model.input_size(self.out_size)
 
@@ -110,8 +112,13 @@ class Trainer:
         self.augmenter = Augmenter(
             AugmentSettings.from_config(cfg["augment"]), self.in_size, self.out_size, self.augment_generator
         )
-        train_arrays = open_split(data_store, weights_store, split_names(data, "train"))
-        self.val_arrays = open_split(data_store, weights_store, split_names(data, "val"))
+        train_names = split_names(data, "train")
+        # zscore statistics come from the training images only: no validation/test pixel shapes the model
+        self.normalization = Normalization.from_settings(model_settings.get("normalization", {})).fit(
+            {name: data[IMAGES][name] for name in train_names}
+        )
+        train_arrays = open_split(data_store, weights_store, train_names, self.normalization)
+        self.val_arrays = open_split(data_store, weights_store, split_names(data, "val"), self.normalization)
         self.sampler = TileSampler(
             train_arrays, self.out_size, self.model.margin, self.augmenter.border, self.sampler_generator
         )
@@ -223,13 +230,20 @@ class Trainer:
             history=self.history,
             rng=self._rng_state(),
             settings=self.settings,
+            normalization=self.normalization.to_json(),
             inputs=json.dumps(self.inputs, sort_keys=True),
         )
         self.write_metrics()
 
     def save_best(self, val_loss: float | None, val_iou: float | None) -> None:
         save_checkpoint(
-            self.work_dir / BEST, self.model, step=self.step, val_loss=val_loss, val_iou=val_iou, settings=self.settings
+            self.work_dir / BEST,
+            self.model,
+            step=self.step,
+            val_loss=val_loss,
+            val_iou=val_iou,
+            settings=self.settings,
+            normalization=self.normalization.to_json(),
         )
 
     def resume(self) -> bool:
@@ -309,7 +323,7 @@ class Trainer:
         write_model_json(
             self.work_dir,
             self.model,
-            normalization=self.meta.get("normalization"),
+            normalization=self.normalization.to_json(),
             train=self.settings["train"],
             tile={"input": self.in_size, "output": self.out_size, "margin": self.model.margin},
             best_val_iou=self.best_iou if self.val_arrays else None,

@@ -10,10 +10,10 @@ from unetflow.config import ConfigError, fill_defaults, load_config, load_schema
 
 
 def _slide_settings(args: argparse.Namespace) -> dict:
-    """The slide entry plus the dataset's channel settings (a slide must match the model input).
+    """The slide entry plus the dataset's pixel settings (a slide must match the model input).
 
-    From ``--settings '{"slide": {...}, "channels": 1, "rgb_rule": "luminance"}'`` (what the rule
-    passes) or ``--config FILE --name SLIDE``.
+    From ``--settings '{"slide": {...}, "channels": 1, "rgb_rule": "luminance", "non_finite":
+    {...}}'`` (what the rule passes) or ``--config FILE --name SLIDE``.
     """
     schema = load_schema()["properties"]
     if args.settings is not None:
@@ -24,7 +24,7 @@ def _slide_settings(args: argparse.Namespace) -> dict:
         if not isinstance(given, dict) or "slide" not in given:
             raise ConfigError('slide --settings must be {"slide": {...}, "channels": N, "rgb_rule": "..."}')
         slide = given["slide"]
-        dataset = {k: given[k] for k in ("channels", "rgb_rule") if k in given}
+        dataset = {k: given[k] for k in ("channels", "rgb_rule", "non_finite") if k in given}
     elif args.config:
         config = load_config(*args.config)
         names = [s["name"] for s in config["slides"]]
@@ -40,7 +40,10 @@ def _slide_settings(args: argparse.Namespace) -> dict:
     rgb_rule = dataset.get("rgb_rule", schema["dataset"]["properties"]["rgb_rule"]["default"])
     validate_section(channels, schema["dataset"]["properties"]["channels"], "dataset.channels")
     validate_section(rgb_rule, schema["dataset"]["properties"]["rgb_rule"], "dataset.rgb_rule")
-    return {"slide": slide, "channels": channels, "rgb_rule": rgb_rule}
+    non_finite_schema = schema["dataset"]["properties"]["non_finite"]
+    validate_section(dataset.get("non_finite", {}), non_finite_schema, "dataset.non_finite")
+    non_finite = fill_defaults(dataset.get("non_finite", {}), non_finite_schema)
+    return {"slide": slide, "channels": channels, "rgb_rule": rgb_rule, "non_finite": non_finite}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -55,28 +58,18 @@ def run(args: argparse.Namespace) -> None:
             plot_dataset_overview(open_store(out, "dataset"), args.preview)
     else:
         given = _slide_settings(args)
-        normalization = None
-        if args.normalization_from:
-            from unetflow.store import open_store, store_meta
-
-            normalization = store_meta(open_store(args.normalization_from, "dataset"))["normalization"]
-        ingest_slide(given["slide"], given["channels"], given["rgb_rule"], args.out, normalization)
+        ingest_slide(given["slide"], given["channels"], given["rgb_rule"], args.out, given["non_finite"])
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ingest",
-        help="read raw images/labels (or generate synthetic ones) into a normalised zarr store",
+        help="read raw images/labels (or generate synthetic ones) into a zarr store (pixels as acquired)",
         description=__doc__,
     )
     parser.add_argument("kind", choices=["dataset", "slide"], help="a labelled dataset or one unlabelled slide")
     parser.add_argument("out", help="output zarr store (written atomically)")
     parser.add_argument("--name", help="slide name in the --config file's slides list (kind slide only)")
-    parser.add_argument(
-        "--normalization-from",
-        metavar="DATA_STORE",
-        help="kind slide: normalise with this training dataset's statistics (else the slide's own)",
-    )
     parser.add_argument("--preview", metavar="PNG", help="also write the dataset overview figure (kind dataset only)")
     add_settings_arguments(parser, "dataset")
     parser.set_defaults(func=run)

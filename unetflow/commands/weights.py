@@ -20,7 +20,17 @@ from tqdm import tqdm
 from unetflow.commands import add_settings_arguments, settings_from_args
 from unetflow.io.errors import InputError
 from unetflow.io.labels import connected_instances
-from unetflow.store import ATTRS_KEY, IMAGES, LABELS, WEIGHTS, atomic_output, open_store, split_names, store_meta
+from unetflow.store import (
+    ATTRS_KEY,
+    IMAGES,
+    LABELS,
+    WEIGHTS,
+    atomic_output,
+    checked_codecs,
+    open_store,
+    split_names,
+    store_meta,
+)
 from unetflow.weights import (
     InvalidLabels,
     WeightSettings,
@@ -73,7 +83,9 @@ def _write_map(
     labels: Any, out: zarr.Group, name: str, chunks: tuple[int, int], settings: WeightSettings, where: str
 ) -> None:
     """Compute and store one weight map one output chunk at a time (the image is never whole)."""
-    target = out.create_array(name, shape=labels.shape, chunks=chunks, dtype="float32", fill_value=0.0)
+    target = out.create_array(
+        name, shape=labels.shape, chunks=chunks, dtype="float32", fill_value=0.0, compressors=checked_codecs()
+    )
     for ys, xs in block_slices(labels.shape, chunks):
         try:
             target[ys, xs] = weight_block(labels, settings, ys, xs)

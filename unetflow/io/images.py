@@ -20,16 +20,22 @@ TIFF_SUFFIXES = {".tif", ".tiff"}
 
 
 def read_file(path: str | Path) -> np.ndarray:
-    """Read an image file (PNG, JPEG, TIFF) fully, turning any decoder failure into InputError."""
+    """Read an image file (PNG, JPEG, TIFF) fully, turning any decoder failure into InputError.
+
+    Non-TIFF files are decoded by Pillow, named explicitly: left to choose, imageio tries every
+    plugin on a damaged file and then suggests installing a video decoder, which misleads.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty (0 bytes)", "a readable PNG/TIFF image")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             return tifffile.imread(path)
         import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path))
+        return np.asarray(iio.imread(path, plugin="pillow"))
     except InputError:
         raise
     except Exception as exc:  # decoders raise many types for truncated or corrupt files

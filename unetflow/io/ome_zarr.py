@@ -33,7 +33,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 from zarr.codecs import BloscCodec
 
-from unetflow.store import ATTRS_KEY, StoreError, open_group_readonly
+from unetflow.store import ATTRS_KEY, StoreError, checked_codecs, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
 
 NGFF_VERSION = "0.5"
@@ -125,7 +125,7 @@ def create_prediction(
             chunks=(n_classes, chunk, chunk),
             dtype=dtype,
             fill_value=0.0,
-            compressors=PROBABILITY_CODEC,
+            compressors=checked_codecs(PROBABILITY_CODEC),
             dimension_names=["c", "y", "x"],
         )
     labels = root.create_group(LABELS)
@@ -151,6 +151,7 @@ def create_prediction(
                 chunks=(chunk, chunk),
                 dtype=label_dtype,
                 fill_value=0,
+                compressors=checked_codecs(),
                 dimension_names=["y", "x"],
             )
     return root

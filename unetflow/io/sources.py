@@ -7,10 +7,12 @@ memory is only ever touched chunk by chunk.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dask.array as da
 import numpy as np
@@ -20,6 +22,9 @@ import zarr
 from unetflow.io.errors import InputError
 from unetflow.io.images import read_file, to_channels_first
 from unetflow.io.labels import to_instances
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,12 +54,16 @@ def _sample(name: str, image: Any, label: Any, settings: dict[str, Any], image_s
     return Sample(name, image.astype(np.float32), instances, [str(image_src), str(label_src)])
 
 
-def _require_path(value: str | None, what: str) -> Path:
+def _require_path(value: str | None, what: str, folder: bool = False) -> Path:
+    """The configured ``dataset.<what>`` as a Path, refused when unset, missing, or not a folder
+    where the format reads a folder tree."""
     if not value:
         raise InputError(None, f"dataset.{what} is not set", "a path for this dataset format")
     path = Path(value)
     if not path.exists():
         raise InputError(path, "does not exist", f"the dataset's {what.replace('_', ' ')}")
+    if folder and not path.is_dir():
+        raise InputError(path, "is a file, not a folder", f"the folder holding the dataset (dataset.{what})")
     return path
 
 
@@ -78,6 +87,13 @@ def natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+def natural_sorted(items: Iterable[T], key: Callable[[T], str] = str) -> list[T]:
+    """``items`` ordered by ``natural_key`` of their text: every reader orders its samples (and
+    DSB masks, whose order gives the instance ids) this way, so "img2" always precedes "img10".
+    Ties ("t013", "t0013") fall back to the plain text, so the order never depends on the file system."""
+    return sorted(items, key=lambda item: (natural_key(key(item)), key(item)))
+
+
 def _files_by_stem(root: Path, pattern: str) -> dict[str, Path]:
     """Files matching ``pattern`` keyed by stem; two files with one stem (a.png, a.tif) are an error."""
     found: dict[str, Path] = {}
@@ -92,7 +108,7 @@ def _files_by_stem(root: Path, pattern: str) -> dict[str, Path]:
 
 def read_pairs(settings: dict[str, Any]) -> list[Sample]:
     """Image/label files in one folder tree, matched by file stem through two globs."""
-    root = _require_path(settings["path"], "path")
+    root = _require_path(settings["path"], "path", folder=True)
     images = _files_by_stem(root, settings["image_glob"])
     labels = _files_by_stem(root, settings["label_glob"])
     if not images:
@@ -108,7 +124,7 @@ def read_pairs(settings: dict[str, Any]) -> list[Sample]:
         )
     return [
         _sample(stem, read_file(images[stem]), read_file(labels[stem]), settings, images[stem], labels[stem])
-        for stem in sorted(images, key=natural_key)
+        for stem in natural_sorted(images)
     ]
 
 
@@ -129,14 +145,14 @@ def _dsb_instances(mask_paths: list[Path], shape: tuple[int, int]) -> np.ndarray
 
 def read_dsb(settings: dict[str, Any]) -> list[Sample]:
     """Kaggle Data Science Bowl 2018 layout: ``<id>/images/<id>.png`` and ``<id>/masks/*.png``."""
-    root = _require_path(settings["path"], "path")
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    root = _require_path(settings["path"], "path", folder=True)
+    folders = natural_sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
     if not folders:
         raise InputError(root, "contains no sample folders", "<id>/images/<id>.png and <id>/masks/*.png")
     samples = []
     for folder in folders:
         image_path = folder / "images" / f"{folder.name}.png"
-        masks = sorted((folder / "masks").glob("*.png"))
+        masks = natural_sorted((folder / "masks").glob("*.png"), key=lambda p: p.name)
         if not image_path.is_file():
             raise InputError(image_path, "image file missing", "one image per sample folder")
         if not masks:
@@ -144,6 +160,125 @@ def read_dsb(settings: dict[str, Any]) -> list[Sample]:
         image = to_channels_first(read_file(image_path), settings["channels"], settings["rgb_rule"], image_path)
         label = _dsb_instances(masks, tuple(image.shape[-2:]))
         samples.append(Sample(folder.name, image.astype(np.float32), label, [str(image_path), str(folder / "masks")]))
+    return samples
+
+
+# Cell Tracking Challenge (celltrackingchallenge.net) names, 2-D datasets: frames <seq>/tNNN.tif,
+# masks <seq>_GT/SEG/man_segNNN.tif (gold truth) or <seq>_ST/SEG/man_segNNN.tif (silver truth),
+# NNN three or four digits. 3-D datasets annotate single z-slices as man_seg_TTT_ZZZ.tif.
+CTC_SEQUENCE = re.compile(r"(\d{2,})(?:_GT|_ST)?")
+CTC_FRAME = re.compile(r"t(\d+)\.tiff?")
+CTC_MASK = re.compile(r"man_seg(\d+)\.tiff?")
+CTC_SLICE_MASK = re.compile(r"man_seg_\d+_\d+\.tiff?")
+CTC_ANNOTATION_FOLDERS = {"gold": ("GT",), "silver": ("ST",), "gold_then_silver": ("GT", "ST")}
+CTC_LAYOUT = "<seq>/tNNN.tif frames with <seq>_GT/SEG/man_segNNN.tif or <seq>_ST/SEG/man_segNNN.tif masks"
+CTC_2D_ONLY = "2-D (Y, X) frames and masks; 3-D CTC datasets are not supported"
+
+
+def _ctc_numbered(folder: Path, pattern: re.Pattern[str], what: str) -> dict[int, Path]:
+    """Files of ``folder`` named like ``pattern`` keyed by frame number (t013 and t0013 are both 13)."""
+    found: dict[int, Path] = {}
+    for path in natural_sorted(folder.iterdir(), key=lambda p: p.name):
+        match = pattern.fullmatch(path.name)
+        if not match or not path.is_file():
+            continue
+        number = int(match.group(1))
+        if number in found:
+            raise InputError(path, f"has the same frame number {number} as {found[number].name}", f"one {what} per frame number")
+        found[number] = path
+    return found
+
+
+def _ctc_sequences(root: Path, selected: list[str | int] | None) -> list[str]:
+    """Sequence names (``01``, ``02``, ...) found under ``root`` from their frame or annotation
+    folders, all of them or those ``selected`` (an integer matches the name with that value, since
+    YAML reads an unquoted 01 as the number 1)."""
+    found = {m.group(1) for p in root.iterdir() if p.is_dir() and (m := CTC_SEQUENCE.fullmatch(p.name))}
+    if not found:
+        raise InputError(root, "contains no CTC sequence folders (01, 02, ...)", CTC_LAYOUT)
+    if selected is None:
+        return natural_sorted(found)
+    chosen = set()
+    for want in selected:
+        matches = natural_sorted(name for name in found if (name == want if isinstance(want, str) else int(name) == want))
+        if len(matches) != 1:
+            problem = f"has {'no' if not matches else 'several'} sequence folders for dataset.ctc.sequences entry {want!r}"
+            raise InputError(root, f"{problem} {matches or ''}".strip(), f"one of the sequences {natural_sorted(found)}, quoted like \"01\"")
+        chosen.add(matches[0])
+    return natural_sorted(chosen)
+
+
+def _ctc_masks(root: Path, sequence: str, annotation: str) -> dict[int, Path]:
+    """The mask of every annotated frame of ``sequence``; gold before silver when both are wanted,
+    decided per frame, so silver truth fills only the frames that gold truth leaves out."""
+    masks: dict[int, Path] = {}
+    for kind in CTC_ANNOTATION_FOLDERS[annotation]:
+        folder = root / f"{sequence}_{kind}" / "SEG"
+        if not folder.is_dir():
+            continue
+        slices = natural_sorted((p for p in folder.iterdir() if CTC_SLICE_MASK.fullmatch(p.name)), key=lambda p: p.name)
+        if slices:
+            raise InputError(slices[0], "is a z-slice mask of a 3-D CTC dataset", CTC_2D_ONLY)
+        for number, path in _ctc_numbered(folder, CTC_MASK, "mask").items():
+            masks.setdefault(number, path)
+    return masks
+
+
+def _ctc_2d(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    if array.ndim != 2:
+        raise InputError(path, f"{what} has shape {array.shape}, a stack or multi-channel image", CTC_2D_ONLY)
+    return array
+
+
+def _ctc_uncovered_cells(mask_path: Path, label: np.ndarray) -> int:
+    """Cells that the tracking truth beside a mask (``../TRA/man_trackNNN.tif``, which marks every
+    cell) places where the mask has no object. CTC's gold segmentation truth may cover only some
+    cells of a frame, and a cell without a mask is trained as background, so this is worth a warning."""
+    track_path = mask_path.parent.parent / "TRA" / mask_path.name.replace("man_seg", "man_track", 1)
+    if not track_path.is_file():
+        return 0
+    markers = read_file(track_path)
+    if markers.shape != label.shape:
+        return 0
+    return len(np.setdiff1d(np.unique(markers[markers > 0]), np.unique(markers[(markers > 0) & (label > 0)])))
+
+
+def read_ctc(settings: dict[str, Any]) -> list[Sample]:
+    """Cell Tracking Challenge 2-D sequences: every frame that has a mask is one sample.
+
+    CTC annotates only some frames of a sequence, so a frame without a mask is skipped (logged),
+    while a mask whose frame is missing, a selected sequence without any mask, mismatched shapes
+    and 3-D data are errors. Masks are instance ids already and are kept as they are (ids need not
+    be contiguous; ``dataset.labels`` does not apply). Samples are named ``<seq>_<frame stem>``
+    (``01_t013``), unique across sequences.
+    """
+    root = _require_path(settings["path"], "path", folder=True)
+    annotation = settings["ctc"]["annotation"]
+    instance_settings = {**settings, "labels": "instance"}
+    samples = []
+    for sequence in _ctc_sequences(root, settings["ctc"]["sequences"]):
+        uncovered = 0
+        frame_folder = root / sequence
+        frames = _ctc_numbered(frame_folder, CTC_FRAME, "frame") if frame_folder.is_dir() else {}
+        masks = _ctc_masks(root, sequence, annotation)
+        if not masks:
+            looked = " or ".join(f"{sequence}_{kind}/SEG/man_segNNN.tif" for kind in CTC_ANNOTATION_FOLDERS[annotation])
+            raise InputError(frame_folder, f"sequence has no masks {looked} (dataset.ctc.annotation: {annotation})",
+                             "at least one annotated frame per sequence, or leave the sequence out with dataset.ctc.sequences")
+        for number in sorted(masks):
+            mask_path = masks[number]
+            if number not in frames:
+                expected_frame = frame_folder / mask_path.name.replace("man_seg", "t", 1)
+                raise InputError(mask_path, f"mask has no frame: {expected_frame} does not exist", "the frame of every mask")
+            frame_path = frames[number]
+            image = _ctc_2d(read_file(frame_path), frame_path, "frame")
+            label = _ctc_2d(read_file(mask_path), mask_path, "mask")
+            samples.append(_sample(f"{sequence}_{frame_path.stem}", image, label, instance_settings, frame_path, mask_path))
+            uncovered += _ctc_uncovered_cells(mask_path, label)
+        log.info("CTC sequence %s: %d of %d frames annotated (%s)", sequence, len(masks), len(frames), annotation)
+        if uncovered:
+            log.warning("CTC sequence %s: %d cells marked in the tracking truth have no mask in their annotated frame "
+                        "and are trained as background (gold segmentation truth may cover only some cells)", sequence, uncovered)
     return samples
 
 
@@ -197,4 +332,4 @@ def read_zarr_dataset(settings: dict[str, Any]) -> list[Sample]:
     return [Sample(path.stem.split(".")[0], image.astype(np.float32), label, [str(path)])]
 
 
-DATASET_READERS = {"tiff_stack": read_tiff_stack, "pairs": read_pairs, "dsb": read_dsb, "zarr": read_zarr_dataset}
+DATASET_READERS = {"tiff_stack": read_tiff_stack, "pairs": read_pairs, "dsb": read_dsb, "ctc": read_ctc, "zarr": read_zarr_dataset}

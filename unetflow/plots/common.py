@@ -15,8 +15,8 @@ from unetflow.store import atomic_output  # noqa: E402
 
 def display_image(image: np.ndarray) -> np.ndarray:
     """A (C, Y, X) image as float RGB (Y, X, 3) in [0, 1]: channels 0-2 as RGB when there are
-    three, else channel 0 as grey, each stretched between its 1st and 99th percentile so that
-    stored (z-scored) images look like the microscope's."""
+    three, else channel 0 as grey, each stretched between its 1st and 99th percentile, so that
+    stored pixels of any range (8/16-bit, float) show their contrast."""
     image = np.asarray(image, dtype=np.float32)
     channels = image[:3] if image.shape[0] == 3 else image[:1]
     lo, hi = np.percentile(channels, [1, 99], axis=(1, 2), keepdims=True)

@@ -35,9 +35,8 @@ def plot_dataset_overview(group: zarr.Group, path: str | Path, n_images: int = 4
             row[1].set_title(f"{np.unique(labels[labels > 0]).size} objects in view")
         for ax in row:
             ax.set_axis_off()
-    norm = meta["normalization"]
     fig.suptitle(
         f"{len(meta['names'])} images ({len(split['train'])} train / {len(split['val'])} val), "
-        f"mean {np.round(norm['mean'], 3).tolist()}, std {np.round(norm['std'], 3).tolist()}"
+        f"{meta['channels']} channel(s), shown stretched between their 1st and 99th percentiles"
     )
     return save_figure(fig, path)

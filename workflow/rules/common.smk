@@ -4,6 +4,9 @@ import glob
 import json
 import os
 import shlex
+import sys
+
+from snakemake.settings.types import DeploymentMethod
 
 RESULTS = config["results"]
 DATASET = config["dataset"]["name"]
@@ -14,8 +17,16 @@ SLIDES = [slide["name"] for slide in config["slides"]]
 # directory, and in the per-stage conda environments (which carry the dependencies only, and from
 # whose jobs Snakemake deletes an inherited PYTHONPATH). No path goes into params or the rule's
 # command text, so a moved checkout reruns nothing.
+# Without conda, `python` must be the interpreter that runs Snakemake (it has unetflow's
+# dependencies), not whichever `python` comes first on PATH when `.venv/bin/snakemake` is called
+# without activating the venv: its folder leads PATH. Under --use-conda the env's activation
+# (which Snakemake places before the prefix) decides, so PATH is left alone.
 # (Snakemake formats the prefix like a command, hence the doubled braces.)
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+USES_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+INTERPRETER = "" if USES_CONDA else f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
+shell.prefix(
+    f"set -euo pipefail; {INTERPRETER}export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
 
 
 def settings(*sections):
@@ -35,10 +46,11 @@ def slide_config(name):
 def dataset_sources():
     """The raw files ingest reads, as inputs: edited or added data reruns ingest (and all after
     it), and a wrong path fails the dry run instead of a job. zarr sources count by their
-    metadata file; the synthetic generator has none."""
+    metadata file; the synthetic generator has none (and an unset path is left to ingest, which
+    names the missing key)."""
     ds = config["dataset"]
     fmt = ds["format"]
-    if fmt == "synthetic":
+    if fmt == "synthetic" or not ds["path"]:
         return []
     if fmt == "pairs":
         return sorted(glob.glob(os.path.join(ds["path"], ds["image_glob"]))) + sorted(
@@ -46,6 +58,12 @@ def dataset_sources():
         ) or [ds["path"]]
     if fmt == "dsb":
         return sorted(glob.glob(os.path.join(ds["path"], "*", "*", "*.png"))) or [ds["path"]]
+    if fmt == "ctc":
+        # every frame and every mask of the annotation kinds read (a superset of the files used:
+        # unselected sequences and frames without a mask count too; a rerun too many, never too few)
+        kinds = {"gold": ["GT"], "silver": ["ST"], "gold_then_silver": ["GT", "ST"]}[ds["ctc"]["annotation"]]
+        patterns = [os.path.join("*", "t*.tif*")] + [os.path.join(f"*_{kind}", "SEG", "man_seg*.tif*") for kind in kinds]
+        return sorted(path for pattern in patterns for path in glob.glob(os.path.join(ds["path"], pattern))) or [ds["path"]]
     if fmt == "tiff_stack":
         return [ds["path"], ds["label_path"]]
     return [ds["path"], ds["label_path"]] if ds["label_path"] else [ds["path"]]

@@ -32,4 +32,4 @@ rule evaluate:
     shell:
         "python -m unetflow evaluate {input.data:q} {input.predictions:q} {output.evaluation:q}"
         " --settings {params.settings:q} --plot {output.metrics:q} --overlay-plot {output.overlays:q}"
-        " > {log} 2>&1"
+        " > {log:q} 2>&1"

@@ -1,4 +1,5 @@
-# ingest: raw files (or the synthetic generator) -> normalised zarr stores with provenance.
+# ingest: raw files (or the synthetic generator) -> zarr stores of pixels as acquired, with provenance.
+# Normalisation is part of the model (model.normalization), applied by train and predict.
 
 
 rule ingest_dataset:
@@ -23,12 +24,11 @@ rule ingest_dataset:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m unetflow ingest dataset {output.store:q} --preview {output.plot:q} --settings {params.settings:q} > {log} 2>&1"
+        "python -m unetflow ingest dataset {output.store:q} --preview {output.plot:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule ingest_slide:
     input:
-        data=data_store(),
         source=slide_source,
     output:
         directory(slide_store()),
@@ -38,6 +38,7 @@ rule ingest_slide:
                 "slide": slide_config(wc.slide),
                 "channels": config["dataset"]["channels"],
                 "rgb_rule": config["dataset"]["rgb_rule"],
+                "non_finite": config["dataset"]["non_finite"],
             },
             sort_keys=True,
         ),
@@ -50,4 +51,4 @@ rule ingest_slide:
         mem_mb=4000,
         runtime=120,
     shell:
-        "python -m unetflow ingest slide {output:q} --normalization-from {input.data:q} --settings {params.settings:q} > {log} 2>&1"
+        "python -m unetflow ingest slide {output:q} --settings {params.settings:q} > {log:q} 2>&1"

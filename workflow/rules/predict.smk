@@ -29,7 +29,7 @@ rule predict_val:
         **PREDICT_GPU,
     shell:
         "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split val --threads {threads}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule predict_slide:
@@ -51,4 +51,4 @@ rule predict_slide:
         **PREDICT_GPU,
     shell:
         "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split all --threads {threads}"
-        " --settings {params.settings:q} > {log} 2>&1"
+        " --settings {params.settings:q} > {log:q} 2>&1"

@@ -29,4 +29,4 @@ rule train:
         **({"gpu": 1} if config["train"]["device"] == "cuda" else {}),
     shell:
         "python -m unetflow train {input.data:q} {input.weights:q} {output.model:q} --curves {output.curves:q} --resume"
-        " --settings {params.settings:q} > {log} 2>&1"
+        " --settings {params.settings:q} > {log:q} 2>&1"

@@ -23,4 +23,4 @@ rule weights:
         mem_mb=4000,
         runtime=60,
     shell:
-        "python -m unetflow weights {input:q} {output.store:q} --settings {params.settings:q} --preview {output.plot:q} > {log} 2>&1"
+        "python -m unetflow weights {input:q} {output.store:q} --settings {params.settings:q} --preview {output.plot:q} > {log:q} 2>&1"

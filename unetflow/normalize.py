@@ -1,0 +1,225 @@
+"""Intensity normalisation that travels with the model: the recipe, image statistics, ``apply``.
+
+Stores hold pixels as acquired; the network sees them normalised by the recipe in
+``model.normalization``, which training saves in every checkpoint and in ``model.json`` and
+``predict`` applies to any input. Two methods:
+
+``percentile`` (default, as CSBDeep/StarDist and Cellpose)
+    per image and channel, ``(x - p_low) / (p_high - p_low)``: a fluorescence image with bright
+    nuclei on black and a brightfield one on white each get their own scale, and an image
+    acquired with another gain or offset maps to the same numbers.
+``zscore``
+    ``(x - mean) / std`` with one mean/std per channel over the *training* images only (never
+    validation or test pixels), fixed in the model at training time.
+
+Statistics are per whole image (a slide: the whole slide, streamed), never per tile: per-tile
+scaling makes seams. The same ``Stats`` then normalise every block read for training and
+prediction alike, through ``apply`` / ``NormalizedArray``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from unetflow.config import ConfigError
+from unetflow.store import as_dask
+
+METHODS = ("percentile", "zscore")
+EXACT_BYTES = 256 * 1024**2
+"""Images up to this size are read whole and get exact percentiles (``numpy.percentile``)."""
+HISTOGRAM_BINS = 2**16
+"""Bins of the streamed histogram of a larger image (see ``streamed_percentiles`` for the bound)."""
+STREAM_CHUNK = 1024
+MIN_SCALE = 1e-12  # a flat channel (scale ~ 0) is only shifted, not blown up
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-channel ``offset`` and ``scale`` of one image: normalised = (x - offset) / scale."""
+
+    offset: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {"offset": list(self.offset), "scale": list(self.scale)}
+
+
+def _stats(offset: Any, scale: Any) -> Stats:
+    scale = np.where(np.asarray(scale, dtype=np.float64) > MIN_SCALE, scale, 1.0)
+    return Stats(tuple(float(v) for v in offset), tuple(float(v) for v in scale))
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The recipe: ``method``, its percentiles, and for ``zscore`` the training-set mean/std."""
+
+    method: str = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], where: str = "model.normalization") -> Normalization:
+        """The recipe of a (schema-validated) ``model.normalization`` section, or its JSON form."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+        recipe = cls(**{k: tuple(v) if k in ("mean", "std") and v is not None else v for k, v in settings.items()})
+        if recipe.method not in METHODS:
+            raise ConfigError(f"{where}.method is {recipe.method!r}; expected one of {list(METHODS)}")
+        if not 0 <= recipe.low < recipe.high <= 100:
+            raise ConfigError(f"{where}: low {recipe.low} and high {recipe.high} must satisfy 0 <= low < high <= 100")
+        return recipe
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain values, for checkpoints (``torch.load(weights_only=True)``), model.json and attrs."""
+        out = dataclasses.asdict(self)
+        for key in ("mean", "std"):
+            out[key] = None if out[key] is None else list(out[key])
+        return out
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the recipe can normalise an image (zscore needs its training mean/std)."""
+        return self.method == "percentile" or (self.mean is not None and self.std is not None)
+
+    def fit(self, train_images: Mapping[str, Any]) -> Normalization:
+        """The recipe to save with a model trained on ``train_images`` (the train split only).
+
+        Percentile needs nothing from the training set; zscore records its per-channel mean/std.
+        """
+        if self.method == "percentile":
+            return self
+        stats = channel_statistics(train_images)
+        return dataclasses.replace(self, mean=stats.offset, std=stats.scale)
+
+    def statistics(self, image: Any) -> Stats:
+        """Offset and scale for one (C, Y, X) image (numpy, zarr or dask; a slide is streamed)."""
+        if not self.fitted:
+            raise ValueError("a zscore recipe must be fitted on the training images first (Normalization.fit)")
+        if self.method == "zscore":
+            assert self.mean is not None and self.std is not None
+            if len(self.mean) != image.shape[0]:
+                raise ValueError(f"image has {image.shape[0]} channel(s), the recipe {len(self.mean)}")
+            return _stats(self.mean, self.std)
+        low, high = image_percentiles(image, (self.low, self.high))
+        return _stats(low, high - low)
+
+
+def apply(block: np.ndarray, stats: Stats) -> np.ndarray:
+    """``(block - offset) / scale`` per channel, float32; ``block`` is (C, ...) with every channel."""
+    offset = np.asarray(stats.offset, dtype=np.float32).reshape(-1, *([1] * (block.ndim - 1)))
+    scale = np.asarray(stats.scale, dtype=np.float32).reshape(offset.shape)
+    return ((np.asarray(block, dtype=np.float32) - offset) / scale).astype(np.float32, copy=False)
+
+
+class NormalizedArray:
+    """A (C, Y, X) array read through ``apply``: what the network sees of a stored image.
+
+    Slicing must keep every channel (``[..., rows, cols]`` as ``read_window`` does), so a lazy
+    zarr slide is normalised block by block as it is read, with whole-image statistics.
+    """
+
+    def __init__(self, array: Any, stats: Stats) -> None:
+        if len(stats.offset) != array.shape[0]:
+            raise ValueError(f"statistics for {len(stats.offset)} channel(s), image has {array.shape[0]}")
+        self.array = array
+        self.stats = stats
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(np.float32)
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return apply(np.asarray(self.array[index]), self.stats)
+
+
+# -- statistics ----------------------------------------------------------------------------------
+def channel_statistics(images: Mapping[str, Any], chunk: int = STREAM_CHUNK) -> Stats:
+    """Per-channel mean (offset) and std (scale) over all pixels of ``images``, streamed."""
+    import dask.array as da
+
+    sums, sq_sums, count = None, None, 0
+    for image in images.values():
+        arr = as_dask(image, chunk).astype(np.float64)
+        s, sq = da.compute(arr.sum(axis=(1, 2)), (arr * arr).sum(axis=(1, 2)))
+        sums = s if sums is None else sums + s
+        sq_sums = sq if sq_sums is None else sq_sums + sq
+        count += arr.shape[1] * arr.shape[2]
+    if count == 0 or sums is None:
+        raise ValueError("cannot compute statistics of an empty set of images")
+    mean = sums / count
+    return _stats(mean, np.sqrt(np.maximum(sq_sums / count - mean * mean, 0.0)))
+
+
+def image_percentiles(image: Any, q: tuple[float, ...]) -> np.ndarray:
+    """Percentiles ``q`` (numpy's "linear" definition) of each channel: array (len(q), C).
+
+    Which path is taken depends only on the image's size, never on how it is stored, so an image
+    gets the same statistics in training (in memory) and in prediction (zarr).
+    """
+    nbytes = int(np.prod(image.shape)) * 8
+    if nbytes > EXACT_BYTES:
+        return streamed_percentiles(image, q)
+    return np.stack(
+        [np.percentile(np.asarray(image[c], dtype=np.float64), q) for c in range(image.shape[0])], axis=1
+    )
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    """numpy's interpolation between neighbouring order statistics (same rounding)."""
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+
+
+def streamed_percentiles(image: Any, q: tuple[float, ...], chunk: int = STREAM_CHUNK) -> np.ndarray:
+    """Percentiles like ``image_percentiles``, reading ``(C, chunk, chunk)`` blocks (memory bounded).
+
+    Two passes over the image: per channel min, max and whether every value is an integer; then a
+    histogram. Integer-valued channels spanning at most ``HISTOGRAM_BINS`` values (8/16-bit
+    microscopy) get one bin per value, so the result equals ``numpy.percentile`` exactly.
+    Otherwise ``HISTOGRAM_BINS`` equal bins span [min, max] and an order statistic is placed
+    linearly inside its bin: the error is at most one bin, ``(max - min) / HISTOGRAM_BINS``.
+    """
+    import dask.array as da
+
+    arr = as_dask(image, chunk).astype(np.float64)
+    channels, height, width = arr.shape
+    n = height * width
+    lows, highs, integral = da.compute(
+        arr.min(axis=(1, 2)), arr.max(axis=(1, 2)), (arr == da.floor(arr)).all(axis=(1, 2))
+    )
+    plans = []
+    for c in range(channels):
+        exact = bool(integral[c]) and highs[c] - lows[c] + 1 <= HISTOGRAM_BINS
+        if exact:
+            bins, edge, width_ = int(highs[c] - lows[c]) + 1, lows[c] - 0.5, 1.0
+        else:
+            bins, edge = HISTOGRAM_BINS, lows[c]
+            width_ = max(highs[c] - lows[c], np.finfo(np.float64).tiny) / bins
+        plans.append((exact, bins, edge, width_))
+    counts = da.compute(
+        *[da.histogram(arr[c], bins=b, range=(e, e + b * w))[0] for c, (_, b, e, w) in enumerate(plans)]
+    )
+    out = np.empty((len(q), channels), dtype=np.float64)
+    for c, ((exact, _, edge, width_), hist) in enumerate(zip(plans, counts)):
+        cumulative = np.cumsum(hist)
+
+        def order_statistic(k: int) -> float:
+            i = int(np.searchsorted(cumulative, k, side="right"))
+            if exact:
+                return float(edge + 0.5 + i)
+            before = cumulative[i - 1] if i else 0
+            return float(edge + width_ * (i + (k - before + 0.5) / hist[i]))
+
+        for j, percent in enumerate(q):
+            rank = percent / 100 * (n - 1)
+            k = int(np.floor(rank))
+            a = order_statistic(k)
+            out[j, c] = a if k + 1 >= n else _lerp(a, order_statistic(k + 1), rank - k)
+    return out
