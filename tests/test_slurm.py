@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
 from tiny_workflow import REPO, RUN_DIR, check, planned_jobs, prepare, snakemake
 from unetflow.io.ome_zarr import open_ome_image
 from unetflow.model import UNet, save_checkpoint
+from unetflow.normalize import Normalization
 from unetflow.predict import PredictOptions, predict_image
 from unetflow.scheduling import WORKER_JOB_NAME, DaskRunner
 from unetflow.store import StoreError, write_dataset
@@ -147,11 +147,11 @@ def slide(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         root / "slide.zarr",
         {"giant": image / image.std()},
         split={"train": [], "val": []},
-        normalization={"mean": [0.0], "std": [1.0]},
         chunk=CHUNK,
     )
     torch.manual_seed(0)
-    save_checkpoint(root / "m.pt", UNet(in_channels=1, n_classes=2, depth=2, base_channels=4).eval())
+    net = UNet(in_channels=1, n_classes=2, depth=2, base_channels=4).eval()
+    save_checkpoint(root / "m.pt", net, normalization=Normalization("zscore", mean=(0.0,), std=(1.0,)).to_json())
     reference = predict_image(root / "m.pt", store, "giant", root / "threads.ome.zarr", _options("threads"))
     return {"store": store, "model": root / "m.pt", "reference": reference}
 
@@ -250,24 +250,16 @@ def test_scancel_of_a_worker_mid_run_loses_nothing(cluster: SlurmCluster, slide:
     _assert_no_workers_left()
 
 
-def test_failures_close_the_cluster(cluster: SlurmCluster, slide: dict[str, Path], tmp_path: Path) -> None:
-    """A path the workers cannot see is a clear error; a task that fails ends the run; either way
-    the worker jobs are cancelled and the partial output stays for a rerun."""
-    broken = tmp_path / "broken.zarr"
-    shutil.copytree(slide["store"], broken)
-    (broken / "images" / "giant" / "c" / "0" / "0" / "0").write_bytes(b"not a zarr chunk")  # read by the first tasks
+def test_a_failure_closes_the_cluster(cluster: SlurmCluster, slide: dict[str, Path], tmp_path: Path) -> None:
+    """A path the workers cannot see is a clear error, raised while the workers run; the error
+    leaves the runner like any failure of a prediction, and the worker jobs are cancelled."""
     options = _options("slurm", tmp_path / "logs", cluster.partition)
-    out = tmp_path / "out.ome.zarr"
-    with DaskRunner(options) as run:
-        assert run.prepare([slide["store"]], "auto") == "cpu"  # the workers' own device
-        with pytest.raises(StoreError, match=r"nowhere.zarr: not visible to the dask workers on \S+"):
+    with pytest.raises(StoreError, match=r"nowhere.zarr: not visible to the dask workers on \S+"):
+        with DaskRunner(options) as run:
+            assert run.prepare([slide["store"]], "auto") == "cpu"  # the workers' own device
+            assert _queued_workers(), "the workers should be up inside the runner"
             run.prepare([slide["store"], tmp_path / "nowhere.zarr"], "cpu")
-        assert _queued_workers(), "the workers should still be up inside the runner"
-        with pytest.raises(Exception) as failed:
-            predict_image(slide["model"], broken, "giant", out, options, run)
-        assert not isinstance(failed.value, AssertionError)
     _assert_no_workers_left()
-    assert out.with_name(out.name + ".partial").is_dir() and not out.exists()
 
 
 @pytest.mark.parametrize(
