@@ -18,7 +18,6 @@ end, and only then is ``<out>.partial`` renamed to ``<out>``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -26,10 +25,9 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ import torch
 import zarr
 
 from unetflow.config import stage_settings
-from unetflow.devices import pick_device
+from unetflow.devices import Precision, pick_device, resolve_precision
 from unetflow.instances import CONNECTIVITY, InstanceRule
 from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import (
@@ -56,6 +54,7 @@ from unetflow.io.ome_zarr import (
 )
 from unetflow.model import BEST, UNet, load_checkpoint, load_model, model_from_checkpoint
 from unetflow.normalize import Normalization, NormalizedArray, Stats
+from unetflow.scheduling import DaskRunner, own_runner
 from unetflow.store import ATTRS_KEY, IMAGES, open_store, split_names, store_meta
 from unetflow.tiling import Box, ChunkGrid, TileLayout, align_up, read_window
 
@@ -82,6 +81,9 @@ class PredictOptions:
     threads_per_worker: int
     chunks_in_flight: int
     num_threads: int
+    precision: str
+    progress_s: float
+    slurm: dict[str, Any]
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None = None) -> PredictOptions:
@@ -132,11 +134,14 @@ class TilePredictor:
     One instance per process and device is shared by all dask threads. Forwards are serialised
     by a lock: the model then uses every core (or the whole GPU) for one batch while the other
     threads read and write chunks, and peak activation memory is one batch's, not one per thread.
+    The network runs in ``precision`` (autocast and memory layout); softmax and the returned
+    probabilities are fp32.
     """
 
-    def __init__(self, model: UNet, device: torch.device) -> None:
-        self.model = model.to(device).eval()
+    def __init__(self, model: UNet, device: torch.device, precision: Precision) -> None:
+        self.model = precision.prepare_model(model.to(device)).eval()
         self.device = device
+        self.precision = precision
         self.n_classes = int(model.config["n_classes"])
         self._lock = threading.Lock()
 
@@ -150,13 +155,17 @@ class TilePredictor:
         with self._lock, torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device, non_blocking=True)
             if not tta:
-                probs = torch.softmax(self.model(x), dim=1)
+                probs = self._probabilities(x)
             else:
                 probs = sum(
-                    undihedral(torch.softmax(self.model(dihedral(x, k, flip)), dim=1), k, flip)
-                    for k, flip in DIHEDRAL
+                    undihedral(self._probabilities(dihedral(x, k, flip)), k, flip) for k, flip in DIHEDRAL
                 ) / len(DIHEDRAL)
-            return probs.float().cpu().numpy()
+            return probs.cpu().contiguous().numpy()
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast(self.device):
+            logits = self.model(self.precision.prepare_input(x))
+        return torch.softmax(logits.float(), dim=1)
 
 
 def checkpoint_file(model_path: str | Path) -> Path:
@@ -169,17 +178,19 @@ _PREDICTOR_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=2)
-def _load_predictor(checkpoint: str, mtime_ns: int, device: str, torch_threads: int) -> TilePredictor:
+def _load_predictor(
+    checkpoint: str, mtime_ns: int, device: str, torch_threads: int, precision: Precision
+) -> TilePredictor:
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
-    return TilePredictor(load_model(checkpoint, device), torch.device(device))
+    return TilePredictor(load_model(checkpoint, device), torch.device(device), precision)
 
 
-def shared_predictor(model_path: str, device: str, torch_threads: int = 0) -> TilePredictor:
+def shared_predictor(model_path: str, device: str, precision: Precision, torch_threads: int = 0) -> TilePredictor:
     """The process-wide predictor of a checkpoint: loaded once per process (per dask worker)."""
     checkpoint = checkpoint_file(model_path)
     with _PREDICTOR_LOCK:
-        return _load_predictor(str(checkpoint), checkpoint.stat().st_mtime_ns, device, torch_threads)
+        return _load_predictor(str(checkpoint), checkpoint.stat().st_mtime_ns, device, torch_threads, precision)
 
 
 # -- one chunk -----------------------------------------------------------------------------------
@@ -192,6 +203,7 @@ class ChunkJob:
     out_store: str
     model_path: str
     device: str
+    precision: Precision
     torch_threads: int
     layout: TileLayout
     index: tuple[int, int]
@@ -312,7 +324,7 @@ def cache_capacity(input_chunks: Sequence[int], layout: TileLayout, chunk: int) 
 
 def predict_chunk(job: ChunkJob) -> None:
     """Predict one output chunk, write its probabilities and argmax, then mark it done."""
-    predictor = shared_predictor(job.model_path, job.device, job.torch_threads)
+    predictor = shared_predictor(job.model_path, job.device, job.precision, job.torch_threads)
     image = NormalizedArray(shared_image(job), job.stats)  # whole-image statistics, never per tile
     probs = predict_region(predictor, image, job.layout, job.region, job.batch_size, job.tta)
     out_probs = zarr.open_array(store=job.out_store, path=level_path(PROBABILITIES, 0), mode="r+")
@@ -322,86 +334,20 @@ def predict_chunk(job: ChunkJob) -> None:
     marker(job.out_store, job.index).touch()
 
 
-# -- scheduling ----------------------------------------------------------------------------------
-class DaskRunner:
-    """Runs lists of ``dask.delayed`` tasks on the configured scheduler, with progress on stderr.
-
-    ``threads`` (default) uses dask's threaded scheduler with ``chunks_in_flight`` threads;
-    ``distributed`` connects to ``address`` or starts a ``LocalCluster`` of ``n_workers``
-    processes with ``threads_per_worker`` threads each (torch in each worker uses that many
-    threads). Use as a context manager so a started cluster is shut down.
-    """
-
-    def __init__(self, options: PredictOptions) -> None:
-        self.options = options
-        self.client: Any = None
-        self._cluster: Any = None
-
-    @property
-    def torch_threads(self) -> int:
-        """torch threads a chunk task sets in its process (0 = leave the process's setting)."""
-        if self.options.scheduler == "distributed" and self.options.address is None:
-            return self.options.threads_per_worker
-        return 0
-
-    def __enter__(self) -> DaskRunner:
-        if self.options.scheduler == "distributed":
-            from distributed import Client, LocalCluster
-
-            if self.options.address:
-                self.client = Client(self.options.address, set_as_default=False)
-            else:
-                self._cluster = LocalCluster(
-                    n_workers=self.options.n_workers,
-                    threads_per_worker=self.options.threads_per_worker,
-                    processes=True,
-                    dashboard_address=None,
-                )
-                self.client = Client(self._cluster, set_as_default=False)
-            log.info("dask.distributed scheduler at %s", self.client.scheduler.address)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self._cluster is not None:
-            self._cluster.close()
-        self.client = self._cluster = None
-
-    def __call__(self, tasks: Sequence[Any], label: str) -> list[Any]:
-        """Compute ``tasks`` (``dask.delayed`` objects) and return their results in order."""
-        if not tasks:
-            return []
-        log.info("%s", label)
-        if self.client is None:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(out=sys.stderr):
-                return list(dask.compute(*tasks, scheduler="threads", num_workers=self.options.chunks_in_flight))
-        from distributed import progress
-
-        futures = self.client.compute(list(tasks))
-        with contextlib.redirect_stdout(sys.stderr):
-            progress(futures, scheduler=self.client.scheduler.address)
-        return self.client.gather(futures)
-
-
-@contextlib.contextmanager
-def _runner(options: PredictOptions, runner: DaskRunner | None) -> Iterator[DaskRunner]:
-    """The caller's runner (e.g. one cluster for all images of a store), or a new one."""
-    if runner is not None:
-        yield runner
-        return
-    with DaskRunner(options) as own:
-        yield own
-
-
 # -- one image -----------------------------------------------------------------------------------
 def _fingerprint(
-    checkpoint: Path, image_store: Path, image_array: zarr.Array, stats: Stats, options: PredictOptions
+    checkpoint: Path,
+    image_store: Path,
+    image_array: zarr.Array,
+    stats: Stats,
+    options: PredictOptions,
+    precision: Precision,
 ) -> str:
     """Identity of a prediction: model bytes, input image, its normalisation statistics and the
     settings that change outputs.
+
+    The precision is the resolved one (``auto`` means bf16 on one machine and fp32 on another,
+    whose outputs differ slightly), so a resumed prediction never mixes chunks of both.
 
     A partial output is resumed only if this matches, so chunks from another model, image or
     tiling are never mixed into a result. The image is identified by its store's metadata and
@@ -413,6 +359,7 @@ def _fingerprint(
             digest.update(block)
     written = (image_store / image_array.path / "zarr.json").stat().st_mtime_ns
     relevant = {k: getattr(options, k) for k in ("tile", "chunk", "dtype", "tta", "pyramid_levels")}
+    relevant["precision"] = precision.name
     identity = [
         str(image_store.resolve()), image_array.path, list(image_array.shape), written, stats.to_json(), relevant
     ]
@@ -500,6 +447,7 @@ def _prediction_attrs(
     layout: TileLayout,
     options: PredictOptions,
     normalization: dict[str, Any],
+    precision: Precision,
     fingerprint: str,
     rule: InstanceRule,
 ) -> dict[str, Any]:
@@ -518,6 +466,7 @@ def _prediction_attrs(
         "margin": layout.margin,
         "tta": options.tta,
         "dtype": options.dtype,
+        "precision": precision.name,
         "connectivity": int(CONNECTIVITY.sum() - 1),
         "instances": {"seeds": "class 1", **rule.to_json()},
         "fingerprint": fingerprint,
@@ -563,6 +512,7 @@ def _chunk_jobs(
     stats: Stats,
     options: PredictOptions,
     device: str,
+    precision: Precision,
     torch_threads: int,
 ) -> list[ChunkJob]:
     """One job per output chunk of ``grid`` that has no completion marker yet in ``partial``.
@@ -577,6 +527,7 @@ def _chunk_jobs(
             out_store=str(partial),
             model_path=str(model_path),
             device=device,
+            precision=precision,
             torch_threads=torch_threads,
             layout=layout,
             index=index,
@@ -591,7 +542,9 @@ def _chunk_jobs(
     ]
 
 
-def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: str, rule: InstanceRule) -> int:
+def _run_jobs(
+    run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: str, rule: InstanceRule, n_chunks: int
+) -> int:
     """Predict the chunks, label instances and build the pyramid; the number of instances.
 
     All of it is one graph, so labels and pyramid chunks wait only for the chunks they are
@@ -606,10 +559,17 @@ def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: st
         *pyramid(partial, INSTANCES, relabelled),
     ]
     try:
-        n_objects, *_ = run([counted, *downsampled], f"predict {name}")
+        progress = functools.partial(_chunks_done, partial, n_chunks)
+        n_objects, *_ = run([counted, *downsampled], f"predict {name}", progress, width=len(jobs))
     finally:
         _cached_image.cache_clear()  # release this image's decoded input chunks
     return n_objects
+
+
+def _chunks_done(partial: Path, n_chunks: int) -> tuple[int, int]:
+    """(chunks written, chunks of the image): the progress a log line reports, read from the markers."""
+    with os.scandir(partial / DONE_DIR) as markers:
+        return sum(1 for _ in markers), n_chunks
 
 
 def _finalise(partial: Path, out: Path, n_objects: int) -> None:
@@ -651,7 +611,9 @@ def predict_image(
         rule = rule.with_tuned(tuned)
     _check_compatible(model, model_path, image, image_store, name)
     stats = recipe.statistics(image)  # of the whole image or slide (streamed), before any chunk job
-    fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, stats, options)
+    device = pick_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, stats, options, precision)
     if out.exists():
         done = open_ome_image(out).attrs
         if done.get("fingerprint") == fingerprint and done.get("instances") == {"seeds": "class 1", **rule.to_json()}:
@@ -661,18 +623,21 @@ def predict_image(
     _, height, width = image.shape
     layout = tile_layout(model, options.tile, options.chunk, height, width)
     normalization = {**recipe.to_json(), **stats.to_json()}
-    attrs = _prediction_attrs(model, model_path, image_store, name, layout, options, normalization, fingerprint, rule)
+    attrs = _prediction_attrs(
+        model, model_path, image_store, name, layout, options, normalization, precision, fingerprint, rule
+    )
     _open_or_resume_partial(partial, attrs, height, width, options)
-    device = str(pick_device(options.device))
     grid = ChunkGrid(height, width, options.chunk)
-    with _runner(options, runner) as run:
+    with own_runner(options, runner) as run:
+        device = run.prepare([image_store, partial, checkpoint_file(model_path)], options.device)
         jobs = _chunk_jobs(
-            grid, image, image_store, partial, model_path, layout, stats, options, device, run.torch_threads
+            grid, image, image_store, partial, model_path, layout, stats, options, str(device), precision,
+            run.torch_threads,
         )
         log.info(
             "%s: %d of %d chunks to predict (tile %d, margin %d)", name, len(jobs), len(grid), layout.tile, layout.margin
         )
-        n_objects = _run_jobs(run, partial, jobs, name, rule)
+        n_objects = _run_jobs(run, partial, jobs, name, rule, len(grid))
     _finalise(partial, out, n_objects)
     return out
 
