@@ -34,11 +34,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from unetflow import postprocess
-from unetflow.postprocess import tuned_objects
-from unetflow.io.errors import InputError
 from unetflow.instances import InstanceRule, remove_small
+from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import open_ome_image
 from unetflow.metrics import count_scores, evaluate_segmentation, threshold_key
+from unetflow.postprocess import tuned_objects
 from unetflow.plots.evaluation import overlay_rgb, plot_metrics, plot_overlays, save_rgb
 from unetflow.store import (
     IMAGES,
