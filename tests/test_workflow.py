@@ -36,12 +36,18 @@ def test_pipeline_produces_every_store(finished_run):
         scored = json.loads((run / "evaluation" / name / "summary.json").read_text())
         assert scored["split"] == name and scored["images"] == split[name] and not scored["val_doubles_as_test"]
         assert 0.0 <= scored["pixel_error"] <= 1.0
-    assert not (run / "predictions" / "val").exists()  # nothing asks for it yet
+    # val is predicted for tune, whose choice evaluate applied
+    predicted = sorted(p.name for p in (run / "predictions" / "val").iterdir() if not p.name.startswith("."))
+    assert predicted == [f"{image}.ome.zarr" for image in split["val"]]
+    tuned = json.loads((run / "tuned.json").read_text())
+    assert tuned["images"] == split["val"] and tuned["best"]["score"] >= tuned["defaults"]["score"]
+    assert scored["postprocess"]["method"] == "tuned" and scored["postprocess"]["tuned"] == tuned["best"]
     slide = zarr.open_group(str(run / "predictions" / "slides" / "slide" / "slide.ome.zarr"), mode="r")
     size = TINY_CONFIG["slides"][0]["size"]
     assert slide["0"].shape[-2:] == (size, size)
     for plot in ("dataset.png", "weights.png"):
         assert (results / "tiny" / "plots" / plot).stat().st_size > 5000
+    assert (run / "plots" / "tuning.png").stat().st_size > 5000
     assert not list(results.rglob(".*tmp*")) and not list(results.rglob("*.partial"))
     # the training state stays beside the model, so raising train.steps continues from it
     assert (run / "model.checkpoints" / "last.pt").is_file()
