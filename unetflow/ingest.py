@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from unetflow import __version__
 from unetflow.io.errors import InputError
 from unetflow.io.images import to_channels_first
 from unetflow.io.pixels import finite_pixels
@@ -40,7 +41,8 @@ def sha256(path: Path) -> str | None:
 
 
 def _provenance(sources: list[str], settings: dict[str, Any]) -> dict[str, Any]:
-    versions = {pkg: metadata.version(pkg) for pkg in ("unetflow", "numpy", "zarr", "tifffile", "scikit-image")}
+    versions = {pkg: metadata.version(pkg) for pkg in ("numpy", "zarr", "tifffile", "scikit-image")}
+    versions["unetflow"] = __version__  # the checkout's, also where the package is not installed
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": settings,
