@@ -42,6 +42,7 @@ import zarr
 from unetflow.config import stage_settings
 from unetflow.devices import pick_device
 from unetflow.io.errors import InputError
+from unetflow.io.pixel_size import PixelSize
 from unetflow.io.ome_zarr import (
     CONNECTIVITY,
     INSTANCES,
@@ -56,7 +57,7 @@ from unetflow.io.ome_zarr import (
 )
 from unetflow.model import BEST, UNet, load_checkpoint, load_model, model_from_checkpoint
 from unetflow.normalize import Normalization, NormalizedArray, Stats
-from unetflow.store import ATTRS_KEY, IMAGES, open_store, split_names, store_meta
+from unetflow.store import ATTRS_KEY, IMAGES, image_pixel_size, open_store, split_names, store_meta
 from unetflow.tiling import Box, ChunkGrid, TileLayout, align_up, read_window
 
 log = logging.getLogger(__name__)
@@ -519,6 +520,7 @@ def _prediction_attrs(
         "dtype": options.dtype,
         "connectivity": int(CONNECTIVITY.sum() - 1),
         "instances": {"seeds": "class 1", **rule},
+        "pixel_size": image_pixel_size(open_store(image_store), name),  # the input's, in the NGFF scales too
         "fingerprint": fingerprint,
         "complete": False,
     }
@@ -546,6 +548,7 @@ def _open_or_resume_partial(
         dtype=options.dtype,
         attrs=attrs,
         seeds=attrs["instances"]["grow"] + attrs["instances"]["expand"] > 0,
+        pixel_size=PixelSize.from_json(attrs["pixel_size"]),
     )
     (partial / DONE_DIR).mkdir()
 
