@@ -42,6 +42,7 @@ import zarr
 from unetflow.config import stage_settings
 from unetflow.devices import pick_device
 from unetflow.io.errors import InputError
+from unetflow.io.ome_tiff import ome_tiff_path, write_ome_tiff
 from unetflow.io.pixel_size import PixelSize
 from unetflow.io.ome_zarr import (
     CONNECTIVITY,
@@ -77,6 +78,7 @@ class PredictOptions:
     dtype: str
     tta: bool
     pyramid_levels: int
+    ome_tiff: bool
     scheduler: str
     address: str | None
     n_workers: int
@@ -648,7 +650,10 @@ def predict_image(
     fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, stats, options)
     if out.exists() and open_ome_image(out).attrs.get("fingerprint") == fingerprint:
         log.info("%s: already complete, skipped", out)
+        if options.ome_tiff and not ome_tiff_path(out).exists():
+            write_ome_tiff(out)
         return out
+    ome_tiff_path(out).unlink(missing_ok=True)  # an export of an earlier prediction
     partial = out.with_name(out.name + PARTIAL)
     _, height, width = image.shape
     layout = tile_layout(model, options.tile, options.chunk, height, width)
@@ -666,13 +671,17 @@ def predict_image(
         )
         n_objects = _run_jobs(run, partial, jobs, name, rule)
     _finalise(partial, out, n_objects)
+    if options.ome_tiff:
+        log.info("%s: writing %s", name, ome_tiff_path(out))
+        write_ome_tiff(out)
     return out
 
 
 def predict_store(
     model_path: str | Path, image_store: str | Path, out_dir: str | Path, split: str, options: PredictOptions
 ) -> Path:
-    """Predict every image of ``split`` into ``<out_dir>/<name>.ome.zarr``.
+    """Predict every image of ``split`` into ``<out_dir>/<name>.ome.zarr`` (and ``<name>.ome.tif``
+    with ``options.ome_tiff``).
 
     The folder is assembled in ``<out_dir>.partial`` (which survives a killed run, so a rerun
     resumes it) and renamed to ``out_dir`` once every image is complete.
@@ -685,7 +694,7 @@ def predict_store(
     with DaskRunner(options) as runner:
         for name in names:
             predict_image(model_path, image_store, name, staging / f"{name}.ome.zarr", options, runner)
-    expected = {f"{name}.ome.zarr" for name in names}
+    expected = {f"{name}.ome.zarr" for name in names} | {f"{name}.ome.tif" for name in names if options.ome_tiff}
     for leftover in staging.iterdir():  # images of an earlier, different run of this folder
         if leftover.name not in expected:
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()

@@ -1,6 +1,7 @@
 """``unetflow predict MODEL_DIR IMAGE_STORE OUT_DIR``: overlap-tile inference into OME-Zarr images.
 
-Writes ``OUT_DIR/<name>.ome.zarr`` for every image of the chosen split. The folder is built in
+Writes ``OUT_DIR/<name>.ome.zarr`` for every image of the chosen split (and ``<name>.ome.tif``
+with ``predict.ome_tiff``). The folder is built in
 ``OUT_DIR.partial`` and renamed at the end; a killed run leaves that folder behind and the next
 run with the same model, store and settings resumes it chunk by chunk.
 """
