@@ -3,6 +3,7 @@ the input's pixel size (the route to QuPath and Fiji)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,15 @@ import tifffile
 import torch
 import zarr
 
+from unetflow.cli import main
 from unetflow.ingest import ingest_slide
-from unetflow.io.ome_tiff import TILE, ome_tiff_path, write_ome_tiff
-from unetflow.io.ome_zarr import create_prediction, open_ome_image
-from unetflow.io.pixel_size import PixelSize, tiff_pixel_size
+from unetflow.io.ome_tiff import TILE, write_ome_tiff
+from unetflow.io.ome_zarr import create_prediction, ome_tiff_path, open_ome_image
+from unetflow.io.pixel_size import PixelSize
+from unetflow.io.tiff_metadata import tiff_pixel_size
 from unetflow.model import UNet, save_checkpoint
 from unetflow.normalize import Normalization
-from unetflow.predict import PredictOptions, predict_store
+from unetflow.predict import PredictOptions
 
 from ngff import assert_valid_ngff
 
@@ -65,8 +68,9 @@ def test_slide_with_known_pixel_size_keeps_it_in_both_prediction_formats(tmp_pat
     torch.manual_seed(0)
     net = UNet(in_channels=1, n_classes=2, depth=2, base_channels=4)
     save_checkpoint(tmp_path / "m.pt", net, normalization=Normalization("zscore", mean=(0.0,), std=(1.0,)).to_json())
-    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": 32, "ome_tiff": True})
-    out = predict_store(tmp_path / "m.pt", store, tmp_path / "pred", "all", options)
+    settings = json.dumps({"device": "cpu", "chunk": 64, "tile": 32, "ome_tiff": True})
+    assert main(["predict", str(tmp_path / "m.pt"), str(store), str(tmp_path / "pred"), "--settings", settings]) == 0
+    out = tmp_path / "pred"
     assert sorted(p.name for p in out.iterdir()) == ["s.ome.tif", "s.ome.zarr"]
     expected = PixelSize(0.3, 0.3, "micrometer")
     assert_valid_ngff(out / "s.ome.zarr")
@@ -92,5 +96,5 @@ def test_complete_prediction_without_its_export_is_exported_not_predicted_again(
     assert not ome_tiff_path(out).exists()
     monkeypatch.setattr(predict_module, "predict_chunk", lambda job: pytest.fail("predicted again"))
     options = PredictOptions.from_settings({**settings, "ome_tiff": True})
-    predict_module.predict_image(tmp_path / "m.pt", store, "s", out, options)
+    predict_module.predict_image(tmp_path / "m.pt", store, "s", out, options, export=write_ome_tiff)
     np.testing.assert_array_equal(_lazy(ome_tiff_path(out), 0, 0)[...], open_ome_image(out).levels[0][...])

@@ -14,7 +14,8 @@ import zarr
 from unetflow.config import stage_settings
 from unetflow.ingest import ingest_dataset, ingest_slide
 from unetflow.io.errors import InputError
-from unetflow.io.pixel_size import PixelSize, file_pixel_size, ngff_unit, tiff_pixel_size
+from unetflow.io.pixel_size import PixelSize, ngff_unit
+from unetflow.io.tiff_metadata import file_pixel_size, tiff_pixel_size
 from unetflow.io.sources import open_tiff_lazily, open_zarr_image, zarr_pixel_size
 from unetflow.store import image_pixel_size, open_store
 

@@ -20,7 +20,8 @@ import numpy as np
 from unetflow import __version__
 from unetflow.io.errors import InputError
 from unetflow.io.images import to_channels_first
-from unetflow.io.pixel_size import chosen_pixel_size, tiff_pixel_size
+from unetflow.io.pixel_size import chosen_pixel_size
+from unetflow.io.tiff_metadata import tiff_pixel_size
 from unetflow.io.pixels import finite_pixels
 from unetflow.io.sources import DATASET_READERS, Sample, open_tiff_lazily, open_zarr_image, zarr_pixel_size
 from unetflow.store import val_doubles_as_test, write_dataset

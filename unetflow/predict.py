@@ -29,7 +29,7 @@ import shutil
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,6 @@ import zarr
 from unetflow.config import stage_settings
 from unetflow.devices import Precision, pick_device, resolve_precision
 from unetflow.io.errors import InputError
-from unetflow.io.ome_tiff import ome_tiff_path, write_ome_tiff
 from unetflow.io.pixel_size import PixelSize
 from unetflow.io.ome_zarr import (
     CONNECTIVITY,
@@ -51,6 +50,7 @@ from unetflow.io.ome_zarr import (
     SEEDS,
     SEMANTIC,
     create_prediction,
+    ome_tiff_path,
     instance_labels,
     level_path,
     open_ome_image,
@@ -62,6 +62,10 @@ from unetflow.store import ATTRS_KEY, IMAGES, image_pixel_size, open_store, spli
 from unetflow.tiling import Box, ChunkGrid, TileLayout, align_up, read_window
 
 log = logging.getLogger(__name__)
+
+#: writes the OME-TIFF export of a finished OME-Zarr prediction (``unetflow.io.ome_tiff.write_ome_tiff``,
+#: passed in by the predict command, so that this module, which training imports, needs no tifffile)
+Exporter = Callable[[Path], Path]
 
 DONE_DIR = ".chunks-done"  # chunk completion markers inside a partial prediction
 PARTIAL = ".partial"
@@ -660,11 +664,14 @@ def predict_image(
     out: str | Path,
     options: PredictOptions,
     runner: DaskRunner | None = None,
+    export: Exporter | None = None,
 ) -> Path:
     """Predict image ``name`` of a unetflow image store into the OME-Zarr image ``out``.
 
     Resumes ``<out>.partial`` when it was started with the same model, image and settings;
-    returns at once when ``out`` is already complete with them.
+    returns at once when ``out`` is already complete with them. ``export`` (the OME-TIFF writer
+    when ``predict.ome_tiff``) then writes ``ome_tiff_path(out)``, also for a complete ``out``
+    whose export is missing (a run killed in between).
     """
     model_path, image_store, out = Path(model_path), Path(image_store), Path(out)
     image = _open_image(image_store, name)
@@ -676,8 +683,8 @@ def predict_image(
     fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, stats, options, precision)
     if out.exists() and open_ome_image(out).attrs.get("fingerprint") == fingerprint:
         log.info("%s: already complete, skipped", out)
-        if options.ome_tiff and not ome_tiff_path(out).exists():
-            write_ome_tiff(out)
+        if export is not None and not ome_tiff_path(out).exists():
+            export(out)
         return out
     ome_tiff_path(out).unlink(missing_ok=True)  # an export of an earlier prediction
     partial = out.with_name(out.name + PARTIAL)
@@ -699,17 +706,22 @@ def predict_image(
         )
         n_objects = _run_jobs(run, partial, jobs, name, rule)
     _finalise(partial, out, n_objects)
-    if options.ome_tiff:
+    if export is not None:
         log.info("%s: writing %s", name, ome_tiff_path(out))
-        write_ome_tiff(out)
+        export(out)
     return out
 
 
 def predict_store(
-    model_path: str | Path, image_store: str | Path, out_dir: str | Path, split: str, options: PredictOptions
+    model_path: str | Path,
+    image_store: str | Path,
+    out_dir: str | Path,
+    split: str,
+    options: PredictOptions,
+    export: Exporter | None = None,
 ) -> Path:
     """Predict every image of ``split`` into ``<out_dir>/<name>.ome.zarr`` (and ``<name>.ome.tif``
-    with ``options.ome_tiff``).
+    through ``export``, see ``predict_image``).
 
     The folder is assembled in ``<out_dir>.partial`` (which survives a killed run, so a rerun
     resumes it) and renamed to ``out_dir`` once every image is complete.
@@ -721,8 +733,8 @@ def predict_store(
     staging.mkdir(parents=True, exist_ok=True)
     with DaskRunner(options) as runner:
         for name in names:
-            predict_image(model_path, image_store, name, staging / f"{name}.ome.zarr", options, runner)
-    expected = {f"{name}.ome.zarr" for name in names} | {f"{name}.ome.tif" for name in names if options.ome_tiff}
+            predict_image(model_path, image_store, name, staging / f"{name}.ome.zarr", options, runner, export)
+    expected = {f"{name}.ome.zarr" for name in names} | {f"{name}.ome.tif" for name in names if export}
     for leftover in staging.iterdir():  # images of an earlier, different run of this folder
         if leftover.name not in expected:
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()

@@ -19,13 +19,15 @@ log = logging.getLogger(__name__)
 def run(args: argparse.Namespace) -> None:
     import torch  # here, not at module level: every CLI start imports this module
 
+    from unetflow.io.ome_tiff import write_ome_tiff
     from unetflow.predict import PredictOptions, predict_store
 
     options = PredictOptions.from_settings(settings_from_args(args, "predict"))
     threads = options.num_threads or args.threads
     if threads > 0:  # worker processes of a distributed cluster set their own (threads_per_worker)
         torch.set_num_threads(threads)
-    out = predict_store(args.model, args.images, args.out, args.split, options)
+    export = write_ome_tiff if options.ome_tiff else None
+    out = predict_store(args.model, args.images, args.out, args.split, options, export)
     log.info("predictions written to %s", out)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from unetflow.io.ome_zarr import class_names, open_ome_image
+from unetflow.io.ome_zarr import class_names, ome_tiff_path, open_ome_image
 from unetflow.io.pixel_size import PixelSize
 
 TILE = 512  # QuPath's and Bio-Formats' usual tile edge (TIFF tiles must be multiples of 16)
@@ -42,12 +42,6 @@ OME_UNIT_SYMBOLS = {
     "picometer": "pm", "femtometer": "fm", "attometer": "am", "zeptometer": "zm", "yoctometer": "ym",
     "angstrom": "Å", "inch": "in", "foot": "ft", "yard": "yd", "mile": "mi", "parsec": "pc",
 }
-
-
-def ome_tiff_path(prediction: str | Path) -> Path:
-    """``<name>.ome.tif`` beside the OME-Zarr prediction ``<name>.ome.zarr``."""
-    prediction = Path(prediction)
-    return prediction.with_name(prediction.name.removesuffix(".ome.zarr") + ".ome.tif")
 
 
 def _tiles(array: zarr.Array, dtype: str) -> Iterator[np.ndarray]:

@@ -61,6 +61,12 @@ CONNECTIVITY = ndimage.generate_binary_structure(2, 1)
 SEEDS = "seeds"  # scratch array of a prediction whose seeds grow: their final ids before growth
 
 
+def ome_tiff_path(prediction: str | Path) -> Path:
+    """``<name>.ome.tif``, the OME-TIFF export (``unetflow.io.ome_tiff``) beside ``<name>.ome.zarr``."""
+    prediction = Path(prediction)
+    return prediction.with_name(prediction.name.removesuffix(".ome.zarr") + ".ome.tif")
+
+
 def level_path(multiscale: str, level: int) -> str:
     """Path of pyramid ``level`` of a multiscale group inside the image group."""
     return f"{multiscale}/{level}" if multiscale else str(level)

@@ -22,7 +22,8 @@ import zarr
 from unetflow.io.errors import InputError
 from unetflow.io.images import read_file, to_channels_first
 from unetflow.io.labels import to_instances
-from unetflow.io.pixel_size import PixelSize, file_pixel_size, multiscale_pixel_size
+from unetflow.io.pixel_size import PixelSize, multiscale_pixel_size
+from unetflow.io.tiff_metadata import file_pixel_size
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
