@@ -23,18 +23,18 @@ rule evaluate:
             category="Evaluation",
             subcategory="{split} split",
         ),
-    wildcard_constraints:
-        split="train|val|test",
-    params:
-        settings=evaluation_settings(),
     log:
         log_path("evaluate_{split}"),
+    wildcard_constraints:
+        split="train|val|test",
     conda:
         "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=evaluation_settings(),
     shell:
         "python -m unetflow evaluate {input.data:q} {input.predictions:q} {output.evaluation:q} --split {wildcards.split}"
         " --settings {params.settings:q} --plot {output.metrics:q} --overlay-plot {output.overlays:q}"
