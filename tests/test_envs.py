@@ -251,6 +251,13 @@ def test_stage_imports_are_declared_dependencies() -> None:
     assert imported - set(pyproject_dependencies()) == set(), "imported by the package but not in pyproject.toml"
 
 
+def test_core_dependencies_are_what_the_package_imports() -> None:
+    """``pip install unetflow`` pulls only what the library needs: every core dependency is
+    imported by some stage (or loaded by one, RUNTIME_ONLY); tools like Snakemake are extras."""
+    imported = set().union(*(stage_packages(stage) for stage in STAGES)) | set(RUNTIME_ONLY)
+    assert set(pyproject_dependencies()) - imported == set(), "core dependencies the package never imports"
+
+
 def _rules() -> list[tuple[Path, str, str]]:
     """(rule file, rule name, rule body) for every rule in workflow/rules/*.smk."""
     found = []

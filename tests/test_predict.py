@@ -41,8 +41,11 @@ from unetflow.predict import (
     tile_layout,
     undihedral,
 )
+from unetflow.io.pixel_size import PixelSize
 from unetflow.store import write_dataset
 from unetflow.tiling import read_window
+
+from ngff import assert_valid_ngff, ngff_problems
 
 def _model(path: Path, depth: int = 2, padding: str = "valid", in_channels: int = 1, seed: int = 0) -> UNet:
     torch.manual_seed(seed)
@@ -409,6 +412,45 @@ def test_output_is_ngff_with_pyramids_and_labels(tmp_path: Path) -> None:
     nodes = list(ome_zarr.Reader(parse_url(str(out)))())
     assert [n.data[0].shape for n in nodes if n.data] == [(2, 150, 133), (150, 133), (150, 133)]
     assert sum(any(type(s).__name__ == "Label" for s in n.specs) for n in nodes) == 2
+    assert_valid_ngff(out)
+    channels = image.group.attrs["ome"]["omero"]["channels"]
+    assert [c["label"] for c in channels] == ["background", "object"]
+    assert all(c["window"] == {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0} for c in channels)
+    assert image.pixel_size is None and "unit" not in image.group.attrs["ome"]["multiscales"][0]["axes"][1]
+
+
+def test_prediction_carries_the_input_pixel_size_into_every_scale(tmp_path: Path) -> None:
+    _model(tmp_path / "m.pt")
+    size = PixelSize(0.5, 0.25, "micrometer")
+    store = write_dataset(tmp_path / "d.zarr", {"a": _image(150, 133)}, chunk=64, pixel_sizes={"a": size.to_json()})
+    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": 20, "pyramid_levels": 3})
+    out = predict_image(tmp_path / "m.pt", store, "a", tmp_path / "a.ome.zarr", options)
+    assert_valid_ngff(out)
+    image = open_ome_image(out)
+    assert image.pixel_size == size and image.attrs["pixel_size"] == size.to_json()
+    assert image.scales == [[1.0, 0.5, 0.25], [1.0, 1.0, 0.5], [1.0, 2.0, 1.0]]
+    level2 = image.group.attrs["ome"]["multiscales"][0]["datasets"][2]["coordinateTransformations"]
+    assert level2[1] == {"type": "translation", "translation": [0.0, 0.75, 0.375]}  # 1.5 pixels, physical
+    for name in ("semantic", "instances"):
+        label = image.label(name)
+        assert label.pixel_size == size and label.scales[1] == [1.0, 0.5]
+
+
+def test_validator_rejects_what_ngff_05_forbids(tmp_path: Path) -> None:
+    """The NGFF check the tests rely on fails on the mistakes it is there for."""
+    out = tmp_path / "p.ome.zarr"
+    create_prediction(out, n_classes=3, height=70, width=70, chunk=64, levels=2, dtype="float32", attrs={},
+                      pixel_size=PixelSize(1.0, 1.0, "nanometer"))
+    assert ngff_problems(out) == []
+    root = zarr.open_group(str(out), mode="r+")
+    ome = root.attrs["ome"]
+    ome["omero"]["channels"][2]["color"] = 255  # a hex string
+    ome["multiscales"][0]["axes"][2]["unit"] = "nm"  # a UDUNITS-2 name
+    root.attrs["ome"] = ome
+    label = zarr.open_group(str(out / "labels" / "semantic"), mode="r+")
+    label.attrs["ome"] = {**label.attrs["ome"], "image-label": {**label.attrs["ome"]["image-label"], "version": "0.5"}}
+    problems = "\n".join(ngff_problems(out))
+    assert "omero/channels/2/color" in problems and "'nm'" in problems and "ome/image-label" in problems
 
 
 def test_cached_chunks_reads_equal_plain_reads_and_stay_bounded(tmp_path: Path) -> None:
@@ -536,6 +578,7 @@ def test_cli_writes_one_ome_zarr_per_validation_image(tmp_path: Path) -> None:
     args.func(args)
     assert sorted(p.name for p in out.iterdir()) == ["b.ome.zarr"]
     assert open_ome_image(out / "b.ome.zarr").levels[0].shape == (2, 70, 40)
+    assert_valid_ngff(out / "b.ome.zarr")
     assert not out.with_name("val.partial").exists()
 
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 import zarr
 
+from ngff import assert_valid_ngff
 from tiny_workflow import REPO, RUN_DIR, TINY_CONFIG, check, prepare, snakemake
 
 
@@ -45,6 +46,10 @@ def test_pipeline_produces_every_store(finished_run):
     slide = zarr.open_group(str(run / "predictions" / "slides" / "slide" / "slide.ome.zarr"), mode="r")
     size = TINY_CONFIG["slides"][0]["size"]
     assert slide["0"].shape[-2:] == (size, size)
+    written = sorted(run.rglob("*.ome.zarr"))
+    assert len(written) == 1 + len(split["test"]) + len(split["train"])
+    for prediction in written:
+        assert_valid_ngff(prediction)
     for plot in ("dataset.png", "weights.png"):
         assert (results / "tiny" / "plots" / plot).stat().st_size > 5000
     assert (run / "plots" / "tuning.png").stat().st_size > 5000

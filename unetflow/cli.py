@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+from unetflow import __version__
 from unetflow.config import ConfigError
 from unetflow.io.errors import InputError
 from unetflow.store import StoreError
@@ -24,6 +25,7 @@ USER_ERRORS = (ConfigError, InputError, StoreError)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unetflow", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for stage in STAGES:
         importlib.import_module(f"unetflow.commands.{stage}").register(sub)

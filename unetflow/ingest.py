@@ -17,10 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from unetflow import __version__
 from unetflow.io.errors import InputError
 from unetflow.io.images import to_channels_first
+from unetflow.io.pixel_size import chosen_pixel_size
+from unetflow.io.tiff_metadata import tiff_pixel_size
 from unetflow.io.pixels import finite_pixels
-from unetflow.io.sources import DATASET_READERS, Sample, open_tiff_lazily, open_zarr_image
+from unetflow.io.sources import DATASET_READERS, Sample, open_tiff_lazily, open_zarr_image, zarr_pixel_size
 from unetflow.store import val_doubles_as_test, write_dataset
 from unetflow.synthetic import CellStyle, make_dataset, write_giant_slide
 
@@ -40,7 +43,8 @@ def sha256(path: Path) -> str | None:
 
 
 def _provenance(sources: list[str], settings: dict[str, Any]) -> dict[str, Any]:
-    versions = {pkg: metadata.version(pkg) for pkg in ("unetflow", "numpy", "zarr", "tifffile", "scikit-image")}
+    versions = {pkg: metadata.version(pkg) for pkg in ("numpy", "zarr", "tifffile", "scikit-image")}
+    versions["unetflow"] = __version__  # the checkout's, also where the package is not installed
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": settings,
@@ -150,7 +154,13 @@ def ingest_dataset(settings: dict[str, Any], out: str | Path) -> Path:
         split=split,
         chunk=settings["chunk"],
         provenance=_provenance(sources, settings),
+        pixel_sizes={s.name: _size_json(settings.get("pixel_size"), s.pixel_size, s.name) for s in samples},
     )
+
+
+def _size_json(configured: dict[str, Any] | None, found: Any, source: str) -> dict[str, Any] | None:
+    size = chosen_pixel_size(configured, found, source)
+    return size.to_json() if size else None
 
 
 def ingest_slide(
@@ -166,6 +176,7 @@ def ingest_slide(
     """
     out = Path(out)
     raw_path = None
+    found = None
     if slide["format"] == "synthetic":
         raw_path = out.with_name(f".{out.name}.raw.zarr")
         write_giant_slide(raw_path, slide["size"], slide["chunk"], slide["seed"])
@@ -174,7 +185,10 @@ def ingest_slide(
         if not slide["path"]:
             raise InputError(None, f"slide {slide['name']!r} has no path", "slides[].path for format tiff/zarr")
         source = slide["path"]
-        image = open_tiff_lazily(source) if slide["format"] == "tiff" else open_zarr_image(source)
+        if slide["format"] == "tiff":
+            image, found = open_tiff_lazily(source), tiff_pixel_size(source)
+        else:
+            image, found = open_zarr_image(source), zarr_pixel_size(source)
     try:
         image = finite_pixels(to_channels_first(image, channels, rgb_rule, source).astype("float32"), non_finite, source)
         return write_dataset(
@@ -184,6 +198,7 @@ def ingest_slide(
             split={"train": [], "val": [], "test": []},
             chunk=slide["chunk"],
             provenance=_provenance([source], {**slide, "channels": channels, "rgb_rule": rgb_rule, "non_finite": non_finite}),
+            pixel_sizes={slide["name"]: _size_json(slide.get("pixel_size"), found, source)},
         )
     finally:
         if raw_path is not None:

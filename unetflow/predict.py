@@ -27,7 +27,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,14 @@ from unetflow.config import stage_settings
 from unetflow.devices import Precision, pick_device, resolve_precision
 from unetflow.instances import CONNECTIVITY, InstanceRule
 from unetflow.io.errors import InputError
+from unetflow.io.pixel_size import PixelSize
 from unetflow.io.ome_zarr import (
     INSTANCES,
     PROBABILITIES,
     SEEDS,
     SEMANTIC,
     create_prediction,
+    ome_tiff_path,
     instance_labels,
     level_path,
     open_ome_image,
@@ -55,10 +57,14 @@ from unetflow.io.ome_zarr import (
 from unetflow.model import BEST, UNet, load_checkpoint, load_model, model_from_checkpoint
 from unetflow.normalize import Normalization, NormalizedArray, Stats
 from unetflow.scheduling import DaskRunner, own_runner
-from unetflow.store import ATTRS_KEY, IMAGES, open_store, split_names, store_meta
+from unetflow.store import ATTRS_KEY, IMAGES, image_pixel_size, open_store, split_names, store_meta
 from unetflow.tiling import Box, ChunkGrid, TileLayout, align_up, read_window
 
 log = logging.getLogger(__name__)
+
+#: writes the OME-TIFF export of a finished OME-Zarr prediction (``unetflow.io.ome_tiff.write_ome_tiff``,
+#: passed in by the predict command, so that this module, which training imports, needs no tifffile)
+Exporter = Callable[[Path], Path]
 
 DONE_DIR = ".chunks-done"  # chunk completion markers inside a partial prediction
 PARTIAL = ".partial"
@@ -75,6 +81,7 @@ class PredictOptions:
     dtype: str
     tta: bool
     pyramid_levels: int
+    ome_tiff: bool
     scheduler: str
     address: str | None
     n_workers: int
@@ -469,6 +476,7 @@ def _prediction_attrs(
         "precision": precision.name,
         "connectivity": int(CONNECTIVITY.sum() - 1),
         "instances": {"seeds": "class 1", **rule.to_json()},
+        "pixel_size": image_pixel_size(open_store(image_store), name),  # the input's, in the NGFF scales too
         "fingerprint": fingerprint,
         "complete": False,
     }
@@ -498,6 +506,7 @@ def _open_or_resume_partial(
         dtype=options.dtype,
         attrs=attrs,
         seeds=attrs["instances"]["grow"] + attrs["instances"]["expand"] > 0,
+        pixel_size=PixelSize.from_json(attrs["pixel_size"]),
     )
     (partial / DONE_DIR).mkdir()
 
@@ -594,6 +603,7 @@ def predict_image(
     out: str | Path,
     options: PredictOptions,
     runner: DaskRunner | None = None,
+    export: Exporter | None = None,
     tuned: dict[str, Any] | None = None,
 ) -> Path:
     """Predict image ``name`` of a unetflow image store into the OME-Zarr image ``out``.
@@ -602,7 +612,9 @@ def predict_image(
     ``chunked`` entry of tune's tuned.json), else the defaults. Resumes ``<out>.partial`` when it
     was started with the same model, image and settings (the objects are always labelled again,
     so other tuned values reuse the probabilities); returns at once when ``out`` is already
-    complete with them.
+    complete with them. ``export`` (the OME-TIFF writer when ``predict.ome_tiff``) then writes
+    ``ome_tiff_path(out)``, also for a complete ``out`` whose export is missing (a run killed in
+    between).
     """
     model_path, image_store, out = Path(model_path), Path(image_store), Path(out)
     image = _open_image(image_store, name)
@@ -618,7 +630,10 @@ def predict_image(
         done = open_ome_image(out).attrs
         if done.get("fingerprint") == fingerprint and done.get("instances") == {"seeds": "class 1", **rule.to_json()}:
             log.info("%s: already complete, skipped", out)
+            if export is not None and not ome_tiff_path(out).exists():
+                export(out)
             return out
+    ome_tiff_path(out).unlink(missing_ok=True)  # an export of an earlier prediction
     partial = out.with_name(out.name + PARTIAL)
     _, height, width = image.shape
     layout = tile_layout(model, options.tile, options.chunk, height, width)
@@ -639,6 +654,9 @@ def predict_image(
         )
         n_objects = _run_jobs(run, partial, jobs, name, rule, len(grid))
     _finalise(partial, out, n_objects)
+    if export is not None:
+        log.info("%s: writing %s", name, ome_tiff_path(out))
+        export(out)
     return out
 
 
@@ -648,9 +666,11 @@ def predict_store(
     out_dir: str | Path,
     split: str,
     options: PredictOptions,
+    export: Exporter | None = None,
     tuned: dict[str, Any] | None = None,
 ) -> Path:
-    """Predict every image of ``split`` into ``<out_dir>/<name>.ome.zarr``.
+    """Predict every image of ``split`` into ``<out_dir>/<name>.ome.zarr`` (and ``<name>.ome.tif``
+    through ``export``, see ``predict_image``).
 
     The folder is assembled in ``<out_dir>.partial`` (which survives a killed run, so a rerun
     resumes it) and renamed to ``out_dir`` once every image is complete.
@@ -662,8 +682,8 @@ def predict_store(
     staging.mkdir(parents=True, exist_ok=True)
     with DaskRunner(options) as runner:
         for name in names:
-            predict_image(model_path, image_store, name, staging / f"{name}.ome.zarr", options, runner, tuned)
-    expected = {f"{name}.ome.zarr" for name in names}
+            predict_image(model_path, image_store, name, staging / f"{name}.ome.zarr", options, runner, export, tuned)
+    expected = {f"{name}.ome.zarr" for name in names} | {f"{name}.ome.tif" for name in names if export}
     for leftover in staging.iterdir():  # images of an earlier, different run of this folder
         if leftover.name not in expected:
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()

@@ -12,6 +12,7 @@ Every stage reads and writes through these names, so the layout is defined once:
         "split": {"train": [...], "val": [...], "test": [...]},  # test == val: val doubles as test
         "format": 2,                         # 2 = raw pixels; stores without it were normalised at ingest
         "channels": C, "labelled": bool,
+        "pixel_sizes": {name: {"y", "x", "unit"} or null},  # physical pixel size per image, if known
         "provenance": {...},                 # sources, checksums, config slice, versions
     }
 
@@ -204,6 +205,11 @@ def store_meta(group: zarr.Group) -> dict[str, Any]:
     return dict(group.attrs[ATTRS_KEY])
 
 
+def image_pixel_size(group: zarr.Group, name: str) -> dict[str, Any] | None:
+    """The physical pixel size of image ``name`` (None if unknown, or a store older than sizes)."""
+    return store_meta(group).get("pixel_sizes", {}).get(name)
+
+
 def split_names(group: zarr.Group, split: str) -> list[str]:
     """Image names of a split ('train', 'val', 'test') or 'all' for every image.
 
@@ -245,6 +251,7 @@ def write_dataset(
     split: dict[str, list[str]] | None = None,
     chunk: int = 512,
     provenance: dict[str, Any] | None = None,
+    pixel_sizes: Mapping[str, dict[str, Any] | None] | None = None,
 ) -> Path:
     """Write a dataset store atomically (see the module docstring for the layout).
 
@@ -252,6 +259,7 @@ def write_dataset(
     chunk, so a slide larger than memory is fine); ``labels`` maps the same names to (Y, X)
     integer instance-id arrays. Images are stored as float32 pixels as acquired: normalisation
     belongs to the model (``unetflow.normalize``), so one store serves models of any recipe.
+    ``pixel_sizes`` maps names to their physical pixel size (``PixelSize.to_json()``), where known.
     """
     import dask.array as da
 
@@ -291,6 +299,7 @@ def write_dataset(
             "channels": channels,
             "labelled": labels is not None,
             "chunk": chunk,
+            "pixel_sizes": {name: (pixel_sizes or {}).get(name) for name in names},
             "provenance": provenance or {},
         }
     return path

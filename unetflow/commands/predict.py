@@ -1,7 +1,8 @@
 """``unetflow predict MODEL_DIR IMAGE_STORE OUT_DIR``: overlap-tile inference into OME-Zarr images.
 
-Writes ``OUT_DIR/<name>.ome.zarr`` for every image of the chosen split; its objects follow the
-model's recipe at the thresholds and min_size of ``--tuned`` (else the defaults). The folder is built in
+Writes ``OUT_DIR/<name>.ome.zarr`` for every image of the chosen split (and ``<name>.ome.tif``
+with ``predict.ome_tiff``); its objects follow the model's recipe at the thresholds and min_size
+of ``--tuned`` (else the defaults). The folder is built in
 ``OUT_DIR.partial`` and renamed at the end; a killed run leaves that folder behind and the next
 run with the same model, store and settings resumes it chunk by chunk.
 """
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 def run(args: argparse.Namespace) -> None:
     import torch  # here, not at module level: every CLI start imports this module
 
+    from unetflow.io.ome_tiff import write_ome_tiff
     from unetflow.predict import PredictOptions, predict_store
     from unetflow.tuned import load_tuned
 
@@ -26,8 +28,9 @@ def run(args: argparse.Namespace) -> None:
     threads = options.num_threads or args.threads
     if threads > 0:  # worker processes of a distributed cluster set their own (threads_per_worker)
         torch.set_num_threads(threads)
+    export = write_ome_tiff if options.ome_tiff else None
     tuned = load_tuned(args.tuned)["chunked"] if args.tuned else None
-    out = predict_store(args.model, args.images, args.out, args.split, options, tuned)
+    out = predict_store(args.model, args.images, args.out, args.split, options, export, tuned)
     log.info("predictions written to %s", out)
 
 

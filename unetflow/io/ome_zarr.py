@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import connected_components
 from zarr.codecs import BloscCodec
 
 from unetflow.instances import CONNECTIVITY, InstanceRule, grow_seeds, kept_ids
+from unetflow.io.pixel_size import PixelSize, multiscale_pixel_size
 from unetflow.store import ATTRS_KEY, StoreError, checked_codecs, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
 
@@ -61,6 +62,12 @@ PROBABILITY_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 SEEDS = "seeds"  # scratch array of a prediction whose seeds grow: their final ids before growth
 
 
+def ome_tiff_path(prediction: str | Path) -> Path:
+    """``<name>.ome.tif``, the OME-TIFF export (``unetflow.io.ome_tiff``) beside ``<name>.ome.zarr``."""
+    prediction = Path(prediction)
+    return prediction.with_name(prediction.name.removesuffix(".ome.zarr") + ".ome.tif")
+
+
 def level_path(multiscale: str, level: int) -> str:
     """Path of pyramid ``level`` of a multiscale group inside the image group."""
     return f"{multiscale}/{level}" if multiscale else str(level)
@@ -74,19 +81,29 @@ def level_grids(height: int, width: int, chunk: int, levels: int) -> list[ChunkG
     return grids
 
 
-def _multiscales(name: str, axes: Sequence[str], levels: int, downsampling: str) -> list[dict[str, Any]]:
+def _multiscales(
+    name: str, axes: Sequence[str], levels: int, downsampling: str, pixel_size: PixelSize | None
+) -> list[dict[str, Any]]:
     """NGFF ``multiscales`` metadata: one dataset per level with its scale (and shift).
 
-    A mean over 2**k x 2**k pixels sits at the centre of those pixels, so averaged levels are
-    shifted by (2**k - 1) / 2 level-0 pixels; strided levels keep the top-left pixel, unshifted.
+    Scales are physical (``pixel_size``, its unit on the space axes) when the input's pixel size
+    is known, else in input pixels. A mean over 2**k x 2**k pixels sits at the centre of those
+    pixels, so averaged levels are shifted by (2**k - 1) / 2 level-0 pixels; strided levels keep
+    the top-left pixel, unshifted.
     """
-    axes_meta = [{"name": a, "type": "channel"} if a == "c" else {"name": a, "type": "space"} for a in axes]
+    size = {"y": pixel_size.y, "x": pixel_size.x} if pixel_size else {"y": 1.0, "x": 1.0}
+    axes_meta: list[dict[str, Any]] = []
+    for a in axes:
+        axis = {"name": a, "type": "channel" if a == "c" else "space"}
+        if a != "c" and pixel_size:
+            axis["unit"] = pixel_size.unit
+        axes_meta.append(axis)
     datasets = []
     for level in range(levels):
-        scale = [1.0 if a == "c" else float(2**level) for a in axes]
+        scale = [1.0 if a == "c" else size[a] * 2**level for a in axes]
         transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
         if downsampling == "mean" and level:
-            shift = [0.0 if a == "c" else (2**level - 1) / 2 for a in axes]
+            shift = [0.0 if a == "c" else size[a] * (2**level - 1) / 2 for a in axes]
             transforms.append({"type": "translation", "translation": shift})
         datasets.append({"path": str(level), "coordinateTransformations": transforms})
     return [
@@ -100,6 +117,29 @@ def _multiscales(name: str, axes: Sequence[str], levels: int, downsampling: str)
     ]
 
 
+def class_names(n_classes: int) -> list[str]:
+    """Names of a model's classes (``unetflow.targets``: binary, or boundary with 3 classes)."""
+    names = ["background", "object", "boundary"] if n_classes == 3 else ["background", "object"]
+    return names if n_classes <= 3 else [f"class {i}" for i in range(n_classes)]
+
+
+def _omero(n_classes: int) -> dict[str, Any]:
+    """NGFF ``omero`` display metadata: one channel per class, its colour, probabilities 0..1."""
+    channels = []
+    for i, name in enumerate(class_names(n_classes)):
+        r, g, b, _ = CLASS_COLOURS[i % len(CLASS_COLOURS)] if i else (128, 128, 128, 0)  # background grey
+        channels.append({
+            "label": name,
+            "color": f"{r:02X}{g:02X}{b:02X}",
+            "active": i > 0,
+            "coefficient": 1.0,
+            "family": "linear",
+            "inverted": False,
+            "window": {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0},
+        })
+    return {"channels": channels, "rdefs": {"model": "color"}}
+
+
 def create_prediction(
     path: str | Path,
     *,
@@ -111,19 +151,21 @@ def create_prediction(
     dtype: str,
     attrs: dict[str, Any],
     seeds: bool = False,
+    pixel_size: PixelSize | None = None,
 ) -> zarr.Group:
     """Create an empty prediction image (all arrays, all NGFF metadata) at ``path``.
 
     Arrays are chunked ``chunk`` x ``chunk`` (all classes in one chunk), which is also the unit
     of work of the writers, so concurrent writers never share a stored chunk. ``seeds`` adds the
     scratch array ``SEEDS`` that ``instance_labels(grow > 0)`` needs (removed by the caller once
-    the prediction is complete).
+    the prediction is complete). ``pixel_size`` (the input's) makes every scale physical.
     """
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     grids = level_grids(height, width, chunk, levels)
     root.attrs["ome"] = {
         "version": NGFF_VERSION,
-        "multiscales": _multiscales("probabilities", ("c", "y", "x"), levels, DOWNSAMPLING[PROBABILITIES]),
+        "multiscales": _multiscales("probabilities", ("c", "y", "x"), levels, DOWNSAMPLING[PROBABILITIES], pixel_size),
+        "omero": _omero(n_classes),
     }
     root.attrs[ATTRS_KEY] = attrs
     for level, grid in enumerate(grids):
@@ -149,9 +191,10 @@ def create_prediction(
         group = root.create_group(multiscale)
         group.attrs["ome"] = {
             "version": NGFF_VERSION,
-            "multiscales": _multiscales(multiscale.split("/")[-1], ("y", "x"), levels, DOWNSAMPLING[multiscale]),
-            "image-label": {
-                "version": NGFF_VERSION,
+            "multiscales": _multiscales(
+                multiscale.split("/")[-1], ("y", "x"), levels, DOWNSAMPLING[multiscale], pixel_size
+            ),
+            "image-label": {  # NGFF 0.5: the version lives in "ome" only
                 "colors": [{"label-value": i, "rgba": list(c)} for i, c in enumerate(colours)],
                 "source": {"image": "../../"},
             },
@@ -419,6 +462,7 @@ class OmeImage:
     levels: list[zarr.Array]
     axes: list[str]
     scales: list[list[float]]
+    pixel_size: PixelSize | None  # physical size of a level-0 pixel, if the image records one
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -452,6 +496,7 @@ def _read_multiscale(group: zarr.Group, where: str) -> OmeImage:
         levels=[group[d["path"]] for d in datasets],
         axes=[a["name"] for a in multiscale["axes"]],
         scales=scales,
+        pixel_size=multiscale_pixel_size(multiscale),
     )
 
 

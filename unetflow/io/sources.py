@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +22,8 @@ import zarr
 from unetflow.io.errors import InputError
 from unetflow.io.images import read_file, to_channels_first
 from unetflow.io.labels import to_instances
+from unetflow.io.pixel_size import PixelSize, multiscale_pixel_size
+from unetflow.io.tiff_metadata import file_pixel_size
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,12 +31,14 @@ T = TypeVar("T")
 
 @dataclass
 class Sample:
-    """One image (raw (C, Y, X), numpy or dask) with its instance labels, if any."""
+    """One image (raw (C, Y, X), numpy or dask) with its instance labels, if any, and its pixel
+    size where the file records one."""
 
     name: str
     image: Any
     label: np.ndarray | None = None
     sources: list[str] = field(default_factory=list)
+    pixel_size: PixelSize | None = None
 
 
 def _check_same_shape(image: Any, label: np.ndarray, image_src: Any, label_src: Any) -> None:
@@ -46,12 +50,18 @@ def _check_same_shape(image: Any, label: np.ndarray, image_src: Any, label_src: 
         )
 
 
-def _sample(name: str, image: Any, label: Any, settings: dict[str, Any], image_src: Path, label_src: Path) -> Sample:
-    """Convert one raw image/label pair with the dataset settings and check they fit together."""
+def _sample(
+    name: str, image: Any, label: Any, settings: dict[str, Any], image_src: Path, label_src: Path,
+    pixel_size: PixelSize | None = None,
+) -> Sample:
+    """Convert one raw image/label pair with the dataset settings and check they fit together.
+
+    ``pixel_size`` defaults to what the image file records (``file_pixel_size``)."""
     image = to_channels_first(np.asarray(image), settings["channels"], settings["rgb_rule"], image_src)
     instances = to_instances(label, settings["labels"], settings["foreground_value"], label_src)
     _check_same_shape(image, instances, image_src, label_src)
-    return Sample(name, image.astype(np.float32), instances, [str(image_src), str(label_src)])
+    size = pixel_size or file_pixel_size(image_src)
+    return Sample(name, image.astype(np.float32), instances, [str(image_src), str(label_src)], size)
 
 
 def _require_path(value: str | None, what: str, folder: bool = False) -> Path:
@@ -76,8 +86,9 @@ def read_tiff_stack(settings: dict[str, Any]) -> list[Sample]:
         images, labels = images[None], labels[None]
     if len(images) != len(labels):
         raise InputError(label_path, f"has {len(labels)} pages but {image_path} has {len(images)}", "one label page per image page")
+    size = file_pixel_size(image_path)  # one for all pages
     return [
-        _sample(f"{image_path.stem}_{i:04d}", images[i], labels[i], settings, image_path, label_path)
+        _sample(f"{image_path.stem}_{i:04d}", images[i], labels[i], settings, image_path, label_path, size)
         for i in range(len(images))
     ]
 
@@ -282,44 +293,105 @@ def read_ctc(settings: dict[str, Any]) -> list[Sample]:
     return samples
 
 
-def open_zarr_image(path: str | Path) -> da.Array:
-    """Lazily open a zarr array, a zarr group holding one, or an OME-Zarr image (level 0)."""
-    path = Path(path)
+#: axes a 2-D segmentation can drop when they have one element (time, depth, tifffile's generic
+#: image-sequence axes), but not when they have more
+SINGLETON_AXES = set("tzqi")
+CHANNEL_AXES = set("cs")  # channels, and interleaved samples (RGB)
+
+
+def planar_by_axes(array: da.Array, axes: Sequence[str], source: Any) -> da.Array:
+    """``array`` as (C, Y, X) or (Y, X) by its named ``axes`` (OME/tifffile letters, any case).
+
+    Singleton t/z axes are dropped; a longer one is a 3-D or time-lapse image, which a 2-D model
+    cannot segment as one image, so it is refused rather than read as channels.
+    """
+    axes = [a.lower() for a in axes]
+    described = f"axes {''.join(axes).upper()} and shape {tuple(array.shape)}"
+    if len(axes) != array.ndim or "y" not in axes or "x" not in axes:
+        raise InputError(source, f"has {described}", "named Y and X axes (a 2-D image)")
+    unknown = set(axes) - SINGLETON_AXES - CHANNEL_AXES - {"y", "x"}
+    deep = [a for a, n in zip(axes, array.shape) if a in SINGLETON_AXES and n > 1]
+    if unknown or deep:
+        raise InputError(
+            source,
+            f"3-D/time-lapse input: {described}",
+            "a 2-D (C)YX image; select a plane/frame first (e.g. a max projection, or one z-slice or time point)",
+        )
+    channels = [i for i, a in enumerate(axes) if a in CHANNEL_AXES and array.shape[i] > 1]
+    if len(channels) > 1:
+        raise InputError(source, f"has several channel axes: {described}", "one channel (C or S) axis")
+    keep = channels + [axes.index("y"), axes.index("x")]
+    drop = tuple(i for i in range(array.ndim) if i not in keep)
+    squeezed = array.squeeze(axis=drop) if drop else array
+    order = sorted(keep)  # positions of the kept axes in the squeezed array, in that order
+    return squeezed.transpose([order.index(i) for i in keep])
+
+
+def _zarr_image_node(path: Path) -> tuple[zarr.Array, list[str] | None, dict[str, Any] | None]:
+    """The full-resolution array behind ``path``, its axis names (None if unnamed) and NGFF multiscale."""
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
         raise InputError(path, f"cannot be opened as zarr ({type(exc).__name__}: {exc})", "a zarr array or OME-Zarr image") from exc
+    multiscale = None
     if isinstance(node, zarr.Group):
         attrs = node.attrs.asdict()
         multiscales = attrs.get("ome", attrs).get("multiscales")
         if multiscales:
-            node = node[multiscales[0]["datasets"][0]["path"]]
+            multiscale = multiscales[0]
+            node = node[multiscale["datasets"][0]["path"]]
         else:
             arrays = list(node.array_keys())
             if len(arrays) != 1:
                 raise InputError(path, f"group holds {len(arrays)} arrays and no OME multiscales", "exactly one array")
             node = node[arrays[0]]
+    if multiscale is not None:
+        axes = [a["name"] if isinstance(a, dict) else a for a in multiscale["axes"]]
+    else:
+        names = getattr(node.metadata, "dimension_names", None)
+        axes = list(names) if names and all(names) else None
+    return node, axes, multiscale
+
+
+def open_zarr_image(path: str | Path) -> da.Array:
+    """Lazily open a zarr array, a zarr group holding one, or an OME-Zarr image (level 0).
+
+    Named axes (OME ``axes``, zarr v3 ``dimension_names``) decide the layout (``planar_by_axes``);
+    an array without names is taken as (Y, X) or (C, Y, X) after dropping leading singleton axes.
+    """
+    path = Path(path)
+    node, axes, _ = _zarr_image_node(path)
     array = da.from_zarr(node)
-    while array.ndim > 3 and array.shape[0] == 1:  # OME-Zarr (t, c, z, y, x) with singleton axes
+    if axes is not None:
+        return planar_by_axes(array, axes, path)
+    while array.ndim > 3 and array.shape[0] == 1:
         array = array[0]
-    if array.ndim == 4 and array.shape[1] == 1:  # (c, z=1, y, x)
-        array = array[:, 0]
+    if array.ndim > 3:
+        raise InputError(path, f"array of shape {tuple(array.shape)} has no axis names", "(Y, X) or (C, Y, X), or OME axes")
     return array
 
 
+def zarr_pixel_size(path: str | Path) -> PixelSize | None:
+    """The pixel size an OME-Zarr image records (None for plain zarr arrays)."""
+    _, _, multiscale = _zarr_image_node(Path(path))
+    return multiscale_pixel_size(multiscale) if multiscale else None
+
+
 def open_tiff_lazily(path: str | Path) -> da.Array:
-    """Open a (Big)TIFF, tiled or pyramidal, through tifffile's zarr interface without reading it."""
+    """Open a (Big)TIFF, tiled or pyramidal, through tifffile's zarr interface without reading it.
+
+    The first series' axes (tifffile reads them from OME-XML, ImageJ or the page layout: YX, YXS,
+    CYX, ZCYX, TYX ...) decide the layout (``planar_by_axes``); a pyramid's level 0 is read.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file does not exist", "a TIFF/BigTIFF slide")
     try:
-        store = tifffile.imread(path, aszarr=True)
-        node = zarr.open(store, mode="r")
+        series = tifffile.TiffFile(path).series[0]  # the zarr store keeps the file open
+        node = zarr.open(series.aszarr(level=0), mode="r")
     except Exception as exc:
         raise InputError(path, f"cannot be read as TIFF ({type(exc).__name__}: {exc})", "a readable (Big)TIFF") from exc
-    if isinstance(node, zarr.Group):  # pyramidal TIFF: level 0 is full resolution
-        node = node[sorted(node.array_keys())[0]]
-    return da.from_zarr(node)
+    return planar_by_axes(da.from_zarr(node), series.axes, path)
 
 
 def read_zarr_dataset(settings: dict[str, Any]) -> list[Sample]:
@@ -329,7 +401,7 @@ def read_zarr_dataset(settings: dict[str, Any]) -> list[Sample]:
     label_path = _require_path(settings["label_path"], "label_path")  # training needs labels
     label = to_instances(np.asarray(open_zarr_image(label_path)).squeeze(), settings["labels"], settings["foreground_value"], label_path)
     _check_same_shape(image, label, path, label_path)
-    return [Sample(path.stem.split(".")[0], image.astype(np.float32), label, [str(path)])]
+    return [Sample(path.stem.split(".")[0], image.astype(np.float32), label, [str(path)], zarr_pixel_size(path))]
 
 
 DATASET_READERS = {"tiff_stack": read_tiff_stack, "pairs": read_pairs, "dsb": read_dsb, "ctc": read_ctc, "zarr": read_zarr_dataset}

@@ -62,8 +62,12 @@ def dataset_sources():
         # every frame and every mask of the annotation kinds read (a superset of the files used:
         # unselected sequences and frames without a mask count too; a rerun too many, never too few)
         kinds = {"gold": ["GT"], "silver": ["ST"], "gold_then_silver": ["GT", "ST"]}[ds["ctc"]["annotation"]]
-        patterns = [os.path.join("*", "t*.tif*")] + [os.path.join(f"*_{kind}", "SEG", "man_seg*.tif*") for kind in kinds]
-        return sorted(path for pattern in patterns for path in glob.glob(os.path.join(ds["path"], pattern))) or [ds["path"]]
+        patterns = [os.path.join("*", "t*.tif*")] + [
+            os.path.join(f"*_{kind}", "SEG", "man_seg*.tif*") for kind in kinds
+        ]
+        return sorted(path for pattern in patterns for path in glob.glob(os.path.join(ds["path"], pattern))) or [
+            ds["path"]
+        ]
     if fmt == "tiff_stack":
         return [ds["path"], ds["label_path"]]
     return [ds["path"], ds["label_path"]] if ds["label_path"] else [ds["path"]]

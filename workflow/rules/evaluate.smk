@@ -25,19 +25,19 @@ rule evaluate:
             category="Evaluation",
             subcategory="{split} split",
         ),
-    wildcard_constraints:
-        split="train|val|test",
-    params:
-        settings=evaluation_settings(),
-        tuned=tuned_option,
     log:
         log_path("evaluate_{split}"),
+    wildcard_constraints:
+        split="train|val|test",
     conda:
         "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=evaluation_settings(),
+        tuned=tuned_option,
     shell:
         "python -m unetflow evaluate {input.data:q} {input.predictions:q} {output.evaluation:q} --split {wildcards.split}"
         " --settings {params.settings:q} {params.tuned} --plot {output.metrics:q} --overlay-plot {output.overlays:q}"

@@ -13,8 +13,6 @@ rule ingest_dataset:
             category="Data",
             subcategory="Dataset overview",
         ),
-    params:
-        settings=settings("dataset"),
     log:
         log_path("ingest_dataset"),
     conda:
@@ -23,6 +21,8 @@ rule ingest_dataset:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=settings("dataset"),
     shell:
         "python -m unetflow ingest dataset {output.store:q} --preview {output.plot:q} --settings {params.settings:q} > {log:q} 2>&1"
 
@@ -32,6 +32,14 @@ rule ingest_slide:
         source=slide_source,
     output:
         directory(slide_store()),
+    log:
+        log_path("ingest_slide_{slide}"),
+    conda:
+        "../../envs/ingest.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         settings=lambda wc: json.dumps(
             {
@@ -42,13 +50,5 @@ rule ingest_slide:
             },
             sort_keys=True,
         ),
-    log:
-        log_path("ingest_slide_{slide}"),
-    conda:
-        "../../envs/ingest.yaml"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=120,
     shell:
         "python -m unetflow ingest slide {output:q} --settings {params.settings:q} > {log:q} 2>&1"

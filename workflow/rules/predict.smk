@@ -20,19 +20,19 @@ rule predict_split:
         images=data_store(),
     output:
         directory(predictions()),
-    wildcard_constraints:
-        split="train|val|test",
-    params:
-        settings=settings("predict"),
     log:
         log_path("predict_{split}"),
+    wildcard_constraints:
+        split="train|val|test",
     conda:
         "../../envs/predict.yaml"
     threads: PREDICT_THREADS
     resources:
+        **PREDICT_GPU,
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=60,
-        **PREDICT_GPU,
+    params:
+        settings=settings("predict"),
     shell:
         "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split {wildcards.split} --threads {threads}"
         " --settings {params.settings:q} > {log:q} 2>&1"
@@ -45,18 +45,18 @@ rule predict_slide:
         tuned=tuned_input(),
     output:
         directory(slide_predictions()),
-    params:
-        settings=settings("predict"),
-        tuned=tuned_option,
     log:
         log_path("predict_slide_{slide}"),
     conda:
         "../../envs/predict.yaml"
     threads: PREDICT_THREADS
     resources:
+        **PREDICT_GPU,
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=lambda wildcards, attempt: 720 * attempt,
-        **PREDICT_GPU,
+    params:
+        settings=settings("predict"),
+        tuned=tuned_option,
     shell:
         "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split all --threads {threads}"
         " --settings {params.settings:q} {params.tuned} > {log:q} 2>&1"

@@ -17,17 +17,17 @@ rule train:
             caption="../report/training.rst",
             category="Training",
         ),
-    params:
-        settings=settings("model", "train"),
     log:
         log_path("train"),
     conda:
         "../../envs/train.yaml"
     threads: 4
     resources:
+        **({"gpu": 1} if config["train"]["device"] == "cuda" else {}),
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=720,
-        **({"gpu": 1} if config["train"]["device"] == "cuda" else {}),
+    params:
+        settings=settings("model", "train"),
     shell:
         "python -m unetflow train {input.data:q} {input.weights:q} {output.model:q} --curves {output.curves:q} --resume"
         " --settings {params.settings:q} > {log:q} 2>&1"

@@ -12,8 +12,6 @@ rule weights:
             category="Data",
             subcategory="Weight maps",
         ),
-    params:
-        settings=settings("weights"),
     log:
         log_path("weights"),
     conda:
@@ -22,5 +20,7 @@ rule weights:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        settings=settings("weights"),
     shell:
         "python -m unetflow weights {input:q} {output.store:q} --settings {params.settings:q} --preview {output.plot:q} > {log:q} 2>&1"
