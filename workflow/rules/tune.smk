@@ -16,8 +16,6 @@ rule tune:
             caption="../report/tuning.rst",
             category="Tuning",
         ),
-    params:
-        settings=settings("tune"),
     log:
         log_path("tune"),
     conda:
@@ -26,6 +24,8 @@ rule tune:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=settings("tune"),
     shell:
         "python -m unetflow tune {input.model:q} {input.data:q} {input.predictions:q} {output.tuned:q}"
         " --plot {output.plot:q} --settings {params.settings:q} > {log:q} 2>&1"
