@@ -47,7 +47,7 @@ def test_pipeline_produces_every_store(finished_run):
     size = TINY_CONFIG["slides"][0]["size"]
     assert slide["0"].shape[-2:] == (size, size)
     written = sorted(run.rglob("*.ome.zarr"))
-    assert len(written) == 1 + len(split["test"]) + len(split["train"])
+    assert len(written) == 1 + len(split["test"]) + len(split["train"]) + len(split["val"])  # slide, scored, tuned on
     for prediction in written:
         assert_valid_ngff(prediction)
     for plot in ("dataset.png", "weights.png"):
