@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import yaml
 
+from unetflow.config import ConfigError
 from unetflow.io.errors import InputError
 from unetflow.model import UNet, load_checkpoint
 from unetflow.normalize import Normalization, apply
@@ -139,6 +140,9 @@ def write_weights(model: UNet, example: torch.Tensor, folder: Path) -> dict[str,
             module, (example,), str(folder / "weights.onnx"), dynamo=False, opset_version=ONNX_OPSET,
             input_names=[INPUT_ID], output_names=[OUTPUT_ID], dynamic_axes={INPUT_ID: dynamic, OUTPUT_ID: dynamic},
         )  # fmt: skip
+    import onnx
+
+    onnx.checker.check_model(str(folder / "weights.onnx"), full_check=True)  # shapes and opset agree
     return {
         "torchscript": {
             "source": "weights.torchscript.pt",
@@ -314,6 +318,7 @@ def export_bioimageio(
     ``overlays`` a PNG used as the cover.
     """
     options = ExportSettings.from_settings(settings)
+    _require_export_extra()
     model_dir, data_store, out = Path(model_dir), Path(data_store), Path(out)
     model, recipe, rule = _load_for_checks(model_dir)
     checkpoint = load_checkpoint(model_dir)
@@ -363,9 +368,27 @@ def export_bioimageio(
     return out
 
 
+def _require_export_extra() -> None:
+    """Fail before any work when the packages of the ``export`` extra are missing."""
+    import importlib.util
+
+    def installed(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # a dotted name whose parent package is missing
+            return False
+
+    missing = [name for name in ("bioimageio.core", "onnx", "onnxruntime") if not installed(name)]
+    if missing:
+        raise ConfigError(
+            f"export: the bioimage.io package needs {missing}: pip install 'unetflow[export]' "
+            "(or set export.bioimageio: false to leave the package out of the workflow)"
+        )
+
+
 def spec_version() -> str:
     """The newest model spec version the installed bioimageio.spec implements (what it validates)."""
-    from bioimageio.spec.model.v0_5 import ModelDescr
+    from bioimageio.spec import ModelDescr
 
     return ModelDescr.implemented_format_version
 
