@@ -95,7 +95,7 @@ def input_sizes(model: UNet) -> tuple[int, int]:
     return model.input_size(model.valid_output_size(1)), 2 ** (model.depth - 1)
 
 
-def test_edge(model: UNet, wanted: int) -> int:
+def crop_edge(model: UNet, wanted: int) -> int:
     """The largest valid input edge <= ``wanted`` (the smallest valid one when ``wanted`` is below it)."""
     smallest, step = input_sizes(model)
     return smallest + step * max(0, (wanted - smallest) // step)
@@ -331,7 +331,7 @@ def export_bioimageio(
     if overlays is not None and not Path(overlays).is_file():
         raise InputError(overlays, "no such file", "the evaluation overlays PNG")
 
-    source, crop = test_crop(data_store, test_edge(model, options.test_size))
+    source, crop = test_crop(data_store, crop_edge(model, options.test_size))
     if crop.shape[0] != model.config["in_channels"]:
         raise InputError(data_store, f"image {source!r} has {crop.shape[0]} channel(s)", f"{model.config['in_channels']}, as the model")
     normalised = apply(crop, recipe.statistics(crop))
