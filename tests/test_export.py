@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +77,12 @@ def test_exported_package_passes_bioimageio_test_model(tmp_path: Path) -> None:
     out = tmp_path / "bioimageio"
     assert main([
         "export", str(tmp_path / "model"), str(data), str(out), "--settings", _settings(),
-        "--evaluation", str(evaluation), "--cover", str(overlays),
+        "--evaluation", str(evaluation), "--cover", str(overlays), "--zip", str(tmp_path / "package.zip"),
     ]) == 0  # fmt: skip
+    with zipfile.ZipFile(tmp_path / "package.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(p.name for p in out.iterdir())
 
-    descr = load_description(out / RDF)
+    descr = load_description(tmp_path / "package.zip")  # the zip is a package as bioimage.io reads it
     assert not isinstance(descr, InvalidDescr), descr.validation_summary.format()
     summary = bioimageio.core.test_model(descr)
     assert summary.status == "passed", summary.format()

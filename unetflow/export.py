@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,11 +312,13 @@ def export_bioimageio(
     *,
     evaluation: str | Path | None = None,
     overlays: str | Path | None = None,
+    zip_path: str | Path | None = None,
 ) -> Path:
     """Write the bioimage.io package of ``model_dir`` to the folder ``out`` (atomically).
 
     ``evaluation`` is an evaluation folder whose summary.json gives the documented test metrics;
-    ``overlays`` a PNG used as the cover.
+    ``overlays`` a PNG used as the cover; ``zip_path`` also writes the package as one zip file
+    (what deepImageJ installs and bioimage.io uploads take).
     """
     options = ExportSettings.from_settings(settings)
     _require_export_extra()
@@ -365,7 +368,17 @@ def export_bioimageio(
         (tmp / RDF).write_text(yaml.safe_dump(rdf, sort_keys=False))
         validate_package(tmp / RDF, test=options.check)
     log.info("bioimage.io package written to %s", out)
+    if zip_path is not None:
+        write_zip(out, Path(zip_path))
     return out
+
+
+def write_zip(folder: Path, path: Path) -> None:
+    """The package folder as a zip with rdf.yaml and its files at the top level (atomically)."""
+    with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(folder.iterdir()):
+            archive.write(file, file.name)
+    log.info("bioimage.io package zipped to %s", path)
 
 
 def _require_export_extra() -> None:

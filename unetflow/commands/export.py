@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> None:
         settings_from_args(args, "export"),
         evaluation=args.evaluation,
         overlays=args.cover,
+        zip_path=args.zip,
     )
 
 
@@ -31,5 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("out", metavar="OUT", help="output folder: rdf.yaml, weights, test tensors (written atomically)")
     parser.add_argument("--evaluation", metavar="DIR", help="evaluation folder whose summary.json gives the documented metrics")
     parser.add_argument("--cover", metavar="PNG", help="cover image (the evaluation overlays); default: a figure of the test crop")
+    parser.add_argument("--zip", metavar="ZIP", help="also write the package as one zip file (deepImageJ installs it)")
     add_settings_arguments(parser, "export")
     parser.set_defaults(func=run)

@@ -154,6 +154,10 @@ def bioimageio_dir():
     return f"{run_dir()}/bioimageio"
 
 
+def bioimageio_zip():
+    return f"{run_dir()}/bioimageio.zip"
+
+
 def export_inputs(wildcards):
     """The model and store, plus the test evaluation (documented metrics) and its overlays (the
     cover) when the config holds out test images."""
@@ -172,5 +176,5 @@ def export_options(wildcards, input):
 
 def final_outputs():
     evaluation = [evaluation_dir(split) for split in config["evaluate"]["splits"]] if holds_out_test_images() else []
-    export = [bioimageio_dir()] if config["export"]["bioimageio"] else []
+    export = [bioimageio_dir(), bioimageio_zip()] if config["export"]["bioimageio"] else []
     return (evaluation or [model_dir()]) + export + [slide_predictions(s) for s in SLIDES]

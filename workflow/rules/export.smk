@@ -9,7 +9,8 @@ rule export:
     input:
         unpack(export_inputs),
     output:
-        directory(bioimageio_dir()),
+        package=directory(bioimageio_dir()),
+        zip=bioimageio_zip(),
     params:
         settings=settings_without("export", "bioimageio"),
         options=export_options,
@@ -22,5 +23,5 @@ rule export:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m unetflow export {input.model:q} {input.data:q} {output:q} {params.options}"
+        "python -m unetflow export {input.model:q} {input.data:q} {output.package:q} --zip {output.zip:q} {params.options}"
         " --settings {params.settings:q} > {log:q} 2>&1"
