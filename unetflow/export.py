@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import shutil
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +134,11 @@ def preprocessing(recipe: Normalization) -> list[dict[str, Any]]:
 def write_weights(model: UNet, example: torch.Tensor, folder: Path) -> dict[str, Any]:
     """TorchScript (traced: sizes stay symbolic, so any valid edge runs) and ONNX weights."""
     module = Probabilities(model).eval()
-    with torch.inference_mode(False), torch.no_grad():
+    # bioimage.io's formats are TorchScript and ONNX; torch deprecates torch.jit and the
+    # TorchScript-based ONNX exporter (its successor needs onnxscript) but both work, and
+    # test_model checks the result, so their warnings are noise in the rule's log.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(module, example)
         traced.save(str(folder / "weights.torchscript.pt"))
         dynamic = {0: "batch", 2: "y", 3: "x"}
@@ -159,8 +164,9 @@ def write_weights(model: UNet, example: torch.Tensor, folder: Path) -> dict[str,
     }
 
 
-def tensor_descriptions(model: UNet, recipe: Normalization) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The input and output tensor descriptions (rdf ``inputs[0]``, ``outputs[0]``)."""
+def tensor_descriptions(model: UNet, recipe: Normalization, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The input and output tensor descriptions (rdf ``inputs[0]``, ``outputs[0]``); the test
+    tensors are already in ``folder``."""
     smallest, step = input_sizes(model)
     n_in, n_classes = model.config["in_channels"], model.config["n_classes"]
     space_in = [{"type": "space", "id": axis, "size": {"min": smallest, "step": step}} for axis in ("y", "x")]
@@ -178,7 +184,7 @@ def tensor_descriptions(model: UNet, recipe: Normalization) -> tuple[dict[str, A
             {"type": "channel", "channel_names": [f"channel{c}" for c in range(n_in)]},
             *space_in,
         ],
-        "test_tensor": {"source": "test_input.npy"},
+        "test_tensor": {"source": "test_input.npy", "sha256": _sha256(folder / "test_input.npy")},
         "data": {"type": "float32"},
         "preprocessing": preprocessing(recipe),
     }
@@ -186,11 +192,9 @@ def tensor_descriptions(model: UNet, recipe: Normalization) -> tuple[dict[str, A
         "id": OUTPUT_ID,
         "description": "class probabilities (softmax over the channel axis)",
         "axes": [{"type": "batch"}, {"type": "channel", "channel_names": classes}, *space_out],
-        "test_tensor": {"source": "test_output.npy"},
+        "test_tensor": {"source": "test_output.npy", "sha256": _sha256(folder / "test_output.npy")},
         "data": {"type": "float32", "range": [0.0, 1.0]},
     }
-    for tensor in (inputs, outputs):
-        tensor["test_tensor"]["sha256"] = None  # filled in once the files exist
     return inputs, outputs
 
 
@@ -345,9 +349,7 @@ def export_bioimageio(
         np.save(tmp / "test_input.npy", crop[None])
         np.save(tmp / "test_output.npy", probs)
         weights = write_weights(model, torch.from_numpy(normalised[None]), tmp)
-        inputs, outputs = tensor_descriptions(model, recipe)
-        for tensor in (inputs, outputs):
-            tensor["test_tensor"]["sha256"] = _sha256(tmp / tensor["test_tensor"]["source"])
+        inputs, outputs = tensor_descriptions(model, recipe, tmp)
         cover = write_cover(tmp, crop, probs[0], None if overlays is None else Path(overlays))
         (tmp / "README.md").write_text(documentation(options, model, recipe, checkpoint, rule, summary, source))
         rdf = {
