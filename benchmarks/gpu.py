@@ -5,7 +5,8 @@ Three tables, each timed after warm-up with the device synchronised:
   augmentation  device-side elastic + full augmentation of 572^2 tiles vs the ``elasticdeform``
                 package on the CPU, samples/s (``benchmarks/train.py``'s measurement);
   training      steps/s of the paper's net (depth 5, base 64, 572^2 input -> 388^2 output) with and
-                without AMP (``train.amp``), the real ``Trainer`` (sampling, copy, augmentation,
+                without AMP (``train.precision``: fp32 vs the GPU's bf16/fp16 autocast), the real
+                ``Trainer`` (sampling, copy, augmentation,
                 forward, weighted loss, backward, step);
   prediction    MP/s of ``predict_image`` with the paper's net over a ``--slide``^2 zarr slide on
                 the GPU, everything included: reading zarr, tiles, stitching, writing
@@ -65,11 +66,10 @@ def main() -> None:
         depth=net["depth"], base_channels=net["base_channels"], tile=net["tile"], batch_size=args.train_batch,
         images=2, image_size=64 if args.dry else 1024, warmup=1 if args.dry else 3, steps=args.steps,
     )  # fmt: skip
-    for amp in (False, True):
-        result = bench_training(train_args, device, amp=amp)
+    for result in bench_training(train_args, device):  # fp32, then the GPU's autocast dtype (AMP)
         step = result["data"] + result["compute"]
         print(
-            f"AMP {'on ' if amp else 'off'}: {result['in']}^2 -> {result['out']}^2, {1 / step:7.2f} steps/s"
+            f"{result['label']:<24}: {result['in']}^2 -> {result['out']}^2, {1 / step:7.2f} steps/s"
             f" (data {1e3 * result['data']:.1f} ms + compute {1e3 * result['compute']:.1f} ms per step)"
         )
 

@@ -11,7 +11,12 @@ per second:
              only: the limit (a) can approach;
   (c) MONAI  ``sliding_window_inference`` (overlap 0.25, gaussian blending) on the in-memory
              image with the same valid net wrapped to return its input size (reflect-padded by
-             the margin), the peer.
+             the margin), the peer (fp32, NCHW).
+
+(a) and (b) run in each ``predict.precision`` the device has (fp32, and bf16 where supported;
+on a CPU both are channels_last), plus (b) in fp32 NCHW, the layout before ``precision``
+existed, which every row's speed-up is measured against. (a)/(b) of the same precision shows
+whether I/O, stitching and dask keep the model's speed-up.
 
 Then peak RSS of prediction on 64 MP and 256 MP slides, each in a fresh subprocess (slides are
 written by another subprocess first, so only prediction counts). The RSS runs use a thinner net
@@ -25,6 +30,8 @@ with the slide, which the net's width changes only by a constant.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import resource
@@ -33,12 +40,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unetflow.devices import Precision, explicit_precisions, resolve_precision
 from unetflow.model import UNet, save_checkpoint
 from unetflow.normalize import Normalization
 from unetflow.predict import PredictOptions, predict_image, tile_layout
@@ -67,9 +76,9 @@ def make_slide(path: Path, size: int, chunk: int) -> Path:
     return write_dataset(path, {NAME: image}, chunk=chunk)
 
 
-def options(args: argparse.Namespace) -> PredictOptions:
+def options(args: argparse.Namespace, precision: str = "auto") -> PredictOptions:
     return PredictOptions.from_settings(
-        {"device": "cpu", "tile": args.tile, "chunk": args.chunk, "batch_size": args.batch_size}
+        {"device": "cpu", "tile": args.tile, "chunk": args.chunk, "batch_size": args.batch_size, "precision": precision}
     )
 
 
@@ -86,10 +95,23 @@ def windows_in_memory(net: UNet, image: np.ndarray, args: argparse.Namespace, ch
     return np.stack(found)
 
 
-def raw_forward(net: UNet, windows: np.ndarray, batch: int) -> None:
+def raw_forward(net: UNet, windows: np.ndarray, batch: int, precision: Precision) -> None:
+    """Forward + fp32 softmax of in-memory windows; ``net`` must already be in ``precision``'s layout."""
+    cpu = torch.device("cpu")
     with torch.inference_mode():
         for start in range(0, len(windows), batch):
-            torch.softmax(net(torch.from_numpy(windows[start : start + batch])), dim=1).numpy()
+            x = precision.prepare_input(torch.from_numpy(windows[start : start + batch]))
+            with precision.autocast(cpu):
+                logits = net(x)
+            torch.softmax(logits.float(), dim=1).numpy()
+
+
+def precisions(net: UNet) -> list[tuple[str, Precision, UNet]]:
+    """(setting, resolved precision, net in its layout) for every precision this CPU has."""
+    found = explicit_precisions(torch.device("cpu"))
+    if len(found) == 1:
+        print("(no bf16 rows: this CPU has no native bf16)")
+    return [(setting, precision, precision.prepare_model(copy.deepcopy(net))) for setting, precision in found]
 
 
 def monai_sliding_window(net: UNet, image: np.ndarray, roi: int, batch: int) -> np.ndarray:
@@ -177,16 +199,25 @@ def main() -> None:
         image = zarr.open_group(str(store), mode="r")[f"images/{NAME}"][:]
         layout = tile_layout(net, args.tile, args.chunk, args.size, args.size)
         windows = windows_in_memory(net, image, args)
-        raw_forward(net, windows[: args.batch_size], args.batch_size)  # warm-up (allocator, kernels)
+        nchw = dataclasses.replace(resolve_precision("fp32", torch.device("cpu")), channels_last=False)
+        variants = precisions(net)
+        raw_forward(net, windows[: args.batch_size], args.batch_size, nchw)  # warm-up (allocator, kernels)
+        for _, precision, variant_net in variants:
+            raw_forward(variant_net, windows[: args.batch_size], args.batch_size, precision)
 
-        ours, raw, monai = [], [], []
+        times: dict[str, list[float]] = {}
         out = work / "out.ome.zarr"
-        for _ in range(args.repeats):  # interleaved, so a busy machine slows all three alike
-            shutil.rmtree(out, ignore_errors=True)  # else the finished output is reused, not redone
-            ours.append(timed(lambda: predict_image(work / "model.pt", store, NAME, out, options(args))))
-            raw.append(timed(lambda: raw_forward(net, windows, args.batch_size)))
-            monai.append(timed(lambda: monai_sliding_window(net, image, layout.tile, args.batch_size)))
-        ours_s, raw_s, monai_s = min(ours), min(raw), min(monai)
+        for _ in range(args.repeats):  # interleaved, so a busy machine slows all rows alike
+            for setting, precision, variant_net in variants:
+                shutil.rmtree(out, ignore_errors=True)  # else the finished output is reused, not redone
+                ours_run = partial(predict_image, work / "model.pt", store, NAME, out, options(args, setting))
+                times.setdefault(f"ours {setting}", []).append(timed(ours_run))
+                raw_run = partial(raw_forward, variant_net, windows, args.batch_size, precision)
+                times.setdefault(f"raw {setting}", []).append(timed(raw_run))
+            times.setdefault("raw nchw", []).append(timed(partial(raw_forward, net, windows, args.batch_size, nchw)))
+            monai_run = partial(monai_sliding_window, net, image, layout.tile, args.batch_size)
+            times.setdefault("monai", []).append(timed(monai_run))
+        best = {key: min(values) for key, values in times.items()}
         rss = run_rss(args, work) if args.rss_sizes else []
     finally:
         if args.workdir is None:
@@ -198,16 +229,22 @@ def main() -> None:
         f" tile {layout.tile} (+{2 * layout.margin} context), chunk {args.chunk}, batch {args.batch_size},"
         f" {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"
     )
-    header = f"{'method':<44} {'seconds':>8} {'MP/s':>7} {'vs (b) raw':>11}"
+    baseline = best["raw nchw"]
+    header = f"{'method':<52} {'seconds':>8} {'MP/s':>7} {'vs (b) fp32 NCHW':>17} {'(a)/(b)':>8}"
     print(header)
     print("-" * len(header))
-    for label, seconds in (
-        ("(a) ours: zarr/dask overlap-tile (all outputs)", ours_s),
-        ("(b) raw forward, same tiles in memory", raw_s),
-        ("(c) MONAI sliding window (0.25, gaussian)", monai_s),
-    ):
-        print(f"{label:<44} {seconds:>8.2f} {mp / seconds:>7.3f} {raw_s / seconds:>10.2f}x")
-    print(f"(a)/(b) = {raw_s / ours_s:.2f} (target >= 0.9); (a) vs (c): {monai_s / ours_s:.2f}x faster")
+    rows = [("(b) raw forward, fp32 NCHW (before precision)", baseline, "")]
+    for setting, precision, _ in variants:
+        layout_name = "channels_last" if precision.channels_last else "NCHW"
+        ours_s, raw_s = best[f"ours {setting}"], best[f"raw {setting}"]
+        ours_label = f"(a) ours, {precision.name} {layout_name}: zarr/dask, all outputs"
+        rows.append((ours_label, ours_s, f"{raw_s / ours_s:.2f}"))
+        rows.append((f"(b) raw forward, {precision.name} {layout_name}", raw_s, ""))
+    rows.append(("(c) MONAI sliding window (0.25, gaussian), fp32", best["monai"], ""))
+    for label, seconds, ratio in rows:
+        print(f"{label:<52} {seconds:>8.2f} {mp / seconds:>7.3f} {baseline / seconds:>16.2f}x {ratio:>8}")
+    fastest = min(best[f"ours {setting}"] for setting, _, _ in variants)
+    print(f"(a)/(b) target >= 0.9 in each precision; fastest (a) vs (c): {best['monai'] / fastest:.2f}x faster")
     if rss:
         print(f"\npeak RSS of predict_image, fresh process, net base {args.rss_base_channels} depth {args.depth}")
         header = f"{'slide':>13} {'MP':>6} {'seconds':>8} {'peak RSS MB':>12} {'vs first':>9}"

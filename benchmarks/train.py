@@ -6,15 +6,20 @@
    the CPU, cubic spline for the image and nearest for the label, mirror boundary). Ours is timed
    with the deformation alone (like for like) and with the full training augmentation.
 2. Training steps/s on a synthetic dataset, split into data (sample windows from the store, copy
-   to the device, augment) and compute (forward, weighted loss, backward, optimizer step).
+   to the device, augment) and compute (forward, weighted loss, backward, optimizer step), in
+   each precision and memory layout: fp32 NCHW (the layout before ``precision`` existed, the
+   baseline), fp32 channels_last (``precision: fp32`` on a CPU), bf16 autocast NCHW, and bf16
+   channels_last (``precision: bf16``/``auto`` on a CPU with native bf16). The variants step in
+   turn, one step each, so load from other processes on a shared machine hits them alike.
 
-    python benchmarks/train.py                      # CPU defaults, a few minutes on 2 cores
+    python benchmarks/train.py --threads 2          # CPU defaults, a few minutes on 2 cores
     python benchmarks/train.py --device cuda --depth 5 --base-channels 64 --tile 388 --batch-size 4
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -29,7 +34,7 @@ import torch
 from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.cli import main as cli_main
 from unetflow.config import stage_settings
-from unetflow.devices import pick_device
+from unetflow.devices import Precision, explicit_precisions, pick_device
 from unetflow.model import UNet
 from unetflow.store import write_dataset
 from unetflow.synthetic import make_dataset
@@ -106,37 +111,63 @@ def _dataset(root: Path, n_images: int, size: int) -> tuple[Path, Path]:
     return data, weights
 
 
-def bench_training(args: argparse.Namespace, device: torch.device, **train_overrides: Any) -> dict[str, float]:
-    """Mean data and compute seconds per training step after warm-up steps (``train_overrides``:
-    further ``train`` settings, e.g. ``amp=False``)."""
+def precision_variants(device: torch.device) -> list[tuple[str, Precision]]:
+    """The precisions and layouts to compare; the first is the baseline (fp32, NCHW)."""
+    variants = []
+    for setting, precision in explicit_precisions(device):
+        name = setting if precision.dtype is None else f"{setting} autocast"
+        variants.append((f"{name} NCHW", dataclasses.replace(precision, channels_last=False)))
+        if precision.channels_last:
+            variants.append((f"{name} channels_last", precision))
+    if len(variants) <= 2:
+        print(f"(no bf16 rows: {device.type} has no native bf16)")
+    return variants
+
+
+def bench_training(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Mean data and compute seconds per training step after warm-up steps, per precision variant.
+
+    Every variant is a ``Trainer`` with the same seed and data whose precision is then set as
+    the variant says (``Precision`` is what ``train.precision`` resolves to).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         data, weights = _dataset(Path(tmp), args.images, args.image_size)
         model = stage_settings("model", json.dumps({"depth": args.depth, "base_channels": args.base_channels}))
         train = stage_settings(
             "train",
             json.dumps(
-                {"device": device.type, "tile": args.tile, "batch_size": args.batch_size, "steps": 10**6, **train_overrides}
+                {"device": device.type, "tile": args.tile, "batch_size": args.batch_size, "steps": 10**6}
             ),
         )
-        trainer = Trainer(data, weights, Path(tmp) / "work", model, train)
-        data_s, compute_s = [], []
+        runs = []
+        for label, precision in precision_variants(device):
+            trainer = Trainer(data, weights, Path(tmp) / "work", model, train)
+            trainer.precision = precision
+            precision.prepare_model(trainer.model)
+            runs.append({"label": label, "trainer": trainer, "data": [], "compute": []})
         for step in range(args.warmup + args.steps):
-            start = time.perf_counter()
-            batch = trainer.next_batch()
-            _sync(device)
-            mid = time.perf_counter()
-            trainer.train_step(batch)  # .item() on the loss already waits for the device
-            _sync(device)
-            end = time.perf_counter()
-            if step >= args.warmup:
-                data_s.append(mid - start)
-                compute_s.append(end - mid)
-        return {
-            "in": trainer.in_size,
-            "out": trainer.out_size,
-            "data": statistics.mean(data_s),
-            "compute": statistics.mean(compute_s),
-        }
+            for run in runs:
+                trainer = run["trainer"]
+                start = time.perf_counter()
+                batch = trainer.next_batch()
+                _sync(device)
+                mid = time.perf_counter()
+                trainer.train_step(batch)  # .item() on the loss already waits for the device
+                _sync(device)
+                end = time.perf_counter()
+                if step >= args.warmup:
+                    run["data"].append(mid - start)
+                    run["compute"].append(end - mid)
+        return [
+            {
+                "label": run["label"],
+                "in": run["trainer"].in_size,
+                "out": run["trainer"].out_size,
+                "data": statistics.mean(run["data"]),
+                "compute": statistics.mean(run["compute"]),
+            }
+            for run in runs
+        ]
 
 
 def main() -> None:
@@ -145,7 +176,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--aug-batch", type=int, default=8, help="tiles per augmentation call")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--tile", type=int, default=132, help="output tile edge")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -168,16 +199,26 @@ def main() -> None:
         ratio = rate / baseline if np.isfinite(baseline) and np.isfinite(rate) else float("nan")
         print(f"{label:<72} {rate:>10.1f} {ratio:>16.1f}x")
 
-    result = bench_training(args, device)
-    total = result["data"] + result["compute"]
+    results = bench_training(args, device)
+    first = results[0]
     print(
-        f"\nTraining step: depth {args.depth}, base {args.base_channels}, tiles {result['in']} -> {result['out']} px, "
-        f"batch {args.batch_size}, mean of {args.steps} steps after {args.warmup} warm-up"
+        f"\nTraining step: depth {args.depth}, base {args.base_channels}, tiles {first['in']} -> {first['out']} px, "
+        f"batch {args.batch_size}, mean of {args.steps} steps after {args.warmup} warm-up; data = sample + copy"
+        " + augment, compute = forward, loss, backward, step"
     )
-    print(f"{'part':<40} {'ms/step':>10} {'share':>8}")
-    for part, key in (("data (sample + copy + augment)", "data"), ("compute (forward, loss, backward, step)", "compute")):
-        print(f"{part:<40} {1e3 * result[key]:>10.1f} {result[key] / total:>7.0%}")
-    print(f"{'total':<40} {1e3 * total:>10.1f}   -> {1 / total:.2f} steps/s")
+    header = (
+        f"{'precision':<32} {'data ms':>8} {'compute ms':>11} {'total ms':>9} {'steps/s':>8}"
+        f" {'compute vs fp32 NCHW':>21} {'step vs fp32 NCHW':>18}"
+    )
+    print(header)
+    print("-" * len(header))
+    for result in results:
+        total = result["data"] + result["compute"]
+        print(
+            f"{result['label']:<32} {1e3 * result['data']:>8.1f} {1e3 * result['compute']:>11.1f} {1e3 * total:>9.1f}"
+            f" {1 / total:>8.2f} {first['compute'] / result['compute']:>20.2f}x"
+            f" {(first['data'] + first['compute']) / total:>17.2f}x"
+        )
 
 
 if __name__ == "__main__":

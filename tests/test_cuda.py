@@ -32,8 +32,9 @@ TOLERANCE = 2e-3  # TF32 convolutions: about 10 mantissa bits
 
 def test_amp_training_steps_run_on_the_gpu_and_learn(tmp_path: Path) -> None:
     data, weights = _stores(tmp_path)
-    trainer = Trainer(data, weights, tmp_path / "w", _model_settings(), _train_settings(device="cuda", amp=True, steps=5))
-    assert trainer.amp and trainer.scaler.is_enabled()
+    trainer = Trainer(data, weights, tmp_path / "w", _model_settings(), _train_settings(device="cuda", precision="auto", steps=5))
+    assert trainer.precision.dtype in (torch.bfloat16, torch.float16)
+    assert trainer.scaler.is_enabled() == (trainer.precision.dtype == torch.float16)
     assert all(p.device.type == "cuda" for p in trainer.model.parameters())
     before = [p.detach().clone() for p in trainer.model.parameters()]
     batch = trainer.next_batch()

@@ -17,6 +17,7 @@ import unetflow.normalize as normalize_module
 import unetflow.predict as predict_module
 from unetflow.commands import predict as predict_command
 from unetflow.config import ConfigError
+from unetflow.devices import cpu_bf16_supported, resolve_precision
 from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import (
     INSTANCES,
@@ -63,7 +64,9 @@ def _image(height: int, width: int, seed: int = 0, channels: int = 1) -> np.ndar
     return (smooth / smooth.std()).astype(np.float32)
 
 
-def _whole_image(net: UNet, image: np.ndarray, margin: int, tta: bool = False) -> np.ndarray:
+def _whole_image(
+    net: UNet, image: np.ndarray, margin: int, tta: bool = False, precision: str = "fp32"
+) -> np.ndarray:
     """Reference: the net run once on the whole image, mirror-padded by numpy, then cropped."""
     _, h, w = image.shape
     align = 2 ** (net.depth - 1)
@@ -74,9 +77,11 @@ def _whole_image(net: UNet, image: np.ndarray, margin: int, tta: bool = False) -
     padded = np.pad(image, [(0, 0), (margin, margin + oh - h), (margin, margin + ow - w)], mode="reflect")
     x = torch.from_numpy(padded[None])
     transforms = DIHEDRAL if tta else [(0, False)]
-    with torch.no_grad():
+    mode = resolve_precision(precision, torch.device("cpu"))
+    net = mode.prepare_model(net)
+    with torch.no_grad(), mode.autocast(torch.device("cpu")):
         probs = sum(
-            undihedral(torch.softmax(net(dihedral(x, k, f)), 1), k, f)
+            undihedral(torch.softmax(net(mode.prepare_input(dihedral(x, k, f))).float(), 1), k, f)
             for k, f in transforms
         ) / len(transforms)
     crop = (probs.shape[-1] - ow) // 2  # a same-padded net returns its context too
@@ -84,7 +89,7 @@ def _whole_image(net: UNet, image: np.ndarray, margin: int, tta: bool = False) -
 
 
 def _predict(tmp_path: Path, net_path: Path, store: Path, name: str = "a", **settings: object) -> np.ndarray:
-    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, **settings})
+    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "precision": "fp32", **settings})
     out = predict_image(net_path, store, name, tmp_path / f"{name}.ome.zarr", options)
     return open_ome_image(out).levels[0][:]
 
@@ -130,6 +135,55 @@ def test_same_padded_net_is_seamless_with_its_receptive_field_as_halo(tmp_path: 
     assert np.abs(probs - _whole_image(net, image, margin)).max() <= 1e-4
 
 
+BF16_TOLERANCE = 1e-3
+"""Largest |tiled - whole| probability difference allowed when both run in bf16 (fp32: 1e-4).
+
+Measured: ~1e-7 (oneDNN sums each output pixel over the same channel blocks whatever the image
+size), against ~2e-2 between bf16 and fp32. The bound leaves room for other kernel choices on
+other CPUs or thread counts while still failing if tiling went wrong (a seam is >> 1e-3)."""
+
+
+@pytest.mark.skipif(not cpu_bf16_supported(), reason="this CPU has no native bf16")
+@pytest.mark.parametrize("depth,tile,shape", [(2, 10, (150, 133)), (3, 40, (97, 131))])
+def test_bf16_tiled_prediction_matches_whole_image_within_tolerance(
+    tmp_path: Path, depth: int, tile: int, shape: tuple
+) -> None:
+    net = _model(tmp_path / "m.pt", depth=depth)
+    image = _image(*shape, seed=2)
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    out = predict_image(
+        tmp_path / "m.pt", store, "a", tmp_path / "a.ome.zarr",
+        PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": tile, "precision": "bf16"}),
+    )
+    assert open_ome_image(out).attrs["precision"] == "bf16"
+    probs = open_ome_image(out).levels[0][:]
+    labels = open_ome_image(out).label("semantic").levels[0][:]
+    whole = _whole_image(net, image, net.margin, precision="bf16")
+    fp32 = _whole_image(net, image, net.margin)
+    assert np.abs(probs - fp32).max() > 1e-4  # bf16 did run: the fp32 bound would not hold
+    assert np.abs(probs - whole).max() <= BF16_TOLERANCE
+    assert (labels == whole.argmax(axis=0)).mean() >= 0.999
+    assert (labels == fp32.argmax(axis=0)).mean() >= 0.99  # an untrained net: many pixels near p = 0.5
+
+
+def test_precision_is_part_of_the_prediction_identity(tmp_path: Path) -> None:
+    net = _model(tmp_path / "m.pt")
+    image = _image(60, 50)
+    store = _store(tmp_path / "d.zarr", {"a": image})
+    out = tmp_path / "a.ome.zarr"
+    settings = {"device": "cpu", "chunk": 64, "tile": 20}
+    predict_image(tmp_path / "m.pt", store, "a", out, PredictOptions.from_settings({**settings, "precision": "fp32"}))
+    first = open_ome_image(out).attrs["fingerprint"]
+    auto = PredictOptions.from_settings({**settings, "precision": "auto"})
+    predict_image(tmp_path / "m.pt", store, "a", out, auto)
+    resolved = "bf16" if cpu_bf16_supported() else "fp32"
+    assert open_ome_image(out).attrs["precision"] == resolved
+    assert (open_ome_image(out).attrs["fingerprint"] == first) == (resolved == "fp32")
+    reference = _whole_image(net, image, net.margin, precision=resolved)
+    tolerance = 1e-4 if resolved == "fp32" else BF16_TOLERANCE
+    assert np.abs(open_ome_image(out).levels[0][:] - reference).max() <= tolerance
+
+
 def test_tta_tiles_equal_whole_image_tta(tmp_path: Path) -> None:
     net = _model(tmp_path / "m.pt", depth=3)
     image = _image(70, 90, seed=2)
@@ -156,7 +210,9 @@ def test_killed_run_resumes_without_recomputing_written_chunks(
     net = _model(tmp_path / "m.pt")
     image = _image(150, 133)
     store = _store(tmp_path / "d.zarr", {"a": image})
-    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": 20, "chunks_in_flight": 1})
+    options = PredictOptions.from_settings(
+        {"device": "cpu", "chunk": 64, "tile": 20, "chunks_in_flight": 1, "precision": "fp32"}
+    )
     out = tmp_path / "a.ome.zarr"
     partial = tmp_path / "a.ome.zarr.partial"
     real_predict_chunk = predict_module.predict_chunk
@@ -197,7 +253,9 @@ def test_partial_output_of_another_model_is_not_resumed(tmp_path: Path, monkeypa
     _model(tmp_path / "m.pt", seed=0)
     image = _image(100, 100)
     store = _store(tmp_path / "d.zarr", {"a": image})
-    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": 20, "chunks_in_flight": 1})
+    options = PredictOptions.from_settings(
+        {"device": "cpu", "chunk": 64, "tile": 20, "chunks_in_flight": 1, "precision": "fp32"}
+    )
     real_predict_chunk = predict_module.predict_chunk
     calls: list[int] = []
 
@@ -218,7 +276,7 @@ def test_partial_output_of_another_model_is_not_resumed(tmp_path: Path, monkeypa
 
 def test_reingested_image_is_predicted_again(tmp_path: Path) -> None:
     net = _model(tmp_path / "m.pt")
-    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": 20})
+    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "tile": 20, "precision": "fp32"})
     _store(tmp_path / "d.zarr", {"a": _image(60, 50, seed=0)})
     predict_image(tmp_path / "m.pt", tmp_path / "d.zarr", "a", tmp_path / "a.ome.zarr", options)
     image = _image(60, 50, seed=1)

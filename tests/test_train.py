@@ -17,6 +17,7 @@ import unetflow.train as train_module
 from unetflow.cli import main
 from unetflow.config import stage_settings
 from unetflow.ingest import make_split
+from unetflow.devices import cpu_bf16_supported
 from unetflow.model import load_model
 from unetflow.schedule import lr_factor
 from unetflow.store import ATTRS_KEY, TARGETS, WEIGHTS, StoreError, atomic_output, open_store, split_names, write_dataset
@@ -67,7 +68,10 @@ def _stores(tmp_path: Path, n_images: int = 6, size: int = 64, weights: bool = T
 
 
 def _train_settings(**overrides: Any) -> dict[str, Any]:
-    base = {"device": "cpu", "tile": 20, "batch_size": 2, "num_threads": 1, "lr": 0.01, "optimizer": "adam"}
+    base = {
+        "device": "cpu", "tile": 20, "batch_size": 2, "num_threads": 1, "lr": 0.01, "optimizer": "adam",
+        "precision": "fp32",
+    }
     return stage_settings("train", json.dumps({**base, **overrides}))
 
 
@@ -154,9 +158,13 @@ def test_normalisation_uses_train_pixels_only_and_each_images_own_percentiles(tm
 RESUME_TRAIN = {"steps": 6, "val_every": 2, "checkpoint_every": 3, "optimizer": "sgd", "schedule": {"warmup_steps": 2}}
 
 
-def test_resume_gives_the_same_trajectory(tmp_path: Path) -> None:
+needs_bf16 = pytest.mark.skipif(not cpu_bf16_supported(), reason="this CPU has no native bf16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
+def test_resume_gives_the_same_trajectory(tmp_path: Path, precision: str) -> None:
     data, weights = _stores(tmp_path, n_images=4, size=48)
-    model, train = _model_settings(dropout=0.5), _train_settings(**RESUME_TRAIN)
+    model, train = _model_settings(dropout=0.5), _train_settings(**RESUME_TRAIN, precision=precision)
     straight = Trainer(data, weights, tmp_path / "straight", model, train)
     straight.run(progress=False)
     # a run killed after its step-3 checkpoint, then resumed the way the rule does it
@@ -194,6 +202,23 @@ def test_resume_with_other_settings_starts_afresh(tmp_path: Path) -> None:
     Trainer(data, weights, tmp_path / "w", _model_settings(), _train_settings(steps=2)).run(progress=False)
     other = Trainer(data, weights, tmp_path / "w", _model_settings(), _train_settings(steps=2, lr=0.02))
     assert not other.resume() and other.step == 0
+
+
+@needs_bf16
+def test_bf16_training_keeps_fp32_weights_and_resumes_only_in_bf16(tmp_path: Path) -> None:
+    data, weights = _stores(tmp_path, n_images=3, size=40)
+    bf16 = Trainer(data, weights, tmp_path / "w", _model_settings(), _train_settings(steps=2, precision="bf16"))
+    assert bf16.precision.dtype == torch.bfloat16 and bf16.precision.channels_last
+    fp32_start = {k: v.clone() for k, v in bf16.model.state_dict().items()}
+    bf16.run(progress=False)
+    checkpoint = torch.load(tmp_path / "w" / "last.pt", weights_only=True)
+    assert checkpoint["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in checkpoint["model"].values())
+    assert any(not torch.equal(v, fp32_start[k]) for k, v in checkpoint["model"].items())  # it did train
+    fp32 = Trainer(data, weights, tmp_path / "w", _model_settings(), _train_settings(steps=2, precision="fp32"))
+    assert not fp32.resume() and fp32.step == 0
+    again = Trainer(data, weights, tmp_path / "w", _model_settings(), _train_settings(steps=2, precision="bf16"))
+    assert again.resume() and again.step == 2
 
 
 def test_settings_errors_exit_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -310,14 +335,15 @@ def test_training_sees_only_train_images(tmp_path: Path) -> None:
                                "test_indices": None})
     data = write_dataset(tmp_path / "data.zarr", images, labels, split=split, chunk=64)
     _write_ones_weights(tmp_path / "weights.zarr", labels)
-    trainer = Trainer(data, tmp_path / "weights.zarr", tmp_path / "w", _model_settings(), _train_settings(steps=1))
-    norm = zarr.open_group(str(data), mode="r").attrs[ATTRS_KEY]["normalization"]
+    model = _model_settings(normalization={"method": "zscore"})  # one scale for all: intensities stay comparable
+    trainer = Trainer(data, tmp_path / "weights.zarr", tmp_path / "w", model, _train_settings(steps=1))
+    std, mean = trainer.normalization.std[0], trainer.normalization.mean[0]
     seen = set()
     for _ in range(30):
-        tiles = trainer.sampler.sample(4)[0].numpy() * norm["std"][0] + norm["mean"][0]
+        tiles = trainer.sampler.sample(4)[0].numpy() * std + mean
         seen |= {names[round(m / 10.0)] for m in tiles.mean(axis=(1, 2, 3))}
     assert seen == set(split["train"]) and len(split["train"]) == 3
-    val_means = sorted(round(float(np.mean(im)) * norm["std"][0] + norm["mean"][0]) for im, _, _ in trainer.val_arrays)
+    val_means = sorted(round(float(np.mean(im)) * std + mean) for im, _, _ in trainer.val_arrays)
     assert val_means == sorted(10 * names.index(nm) for nm in split["val"])
 
 

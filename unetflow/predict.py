@@ -40,7 +40,7 @@ import torch
 import zarr
 
 from unetflow.config import stage_settings
-from unetflow.devices import pick_device
+from unetflow.devices import Precision, pick_device, resolve_precision
 from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import (
     CONNECTIVITY,
@@ -82,6 +82,7 @@ class PredictOptions:
     threads_per_worker: int
     chunks_in_flight: int
     num_threads: int
+    precision: str
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None = None) -> PredictOptions:
@@ -132,11 +133,14 @@ class TilePredictor:
     One instance per process and device is shared by all dask threads. Forwards are serialised
     by a lock: the model then uses every core (or the whole GPU) for one batch while the other
     threads read and write chunks, and peak activation memory is one batch's, not one per thread.
+    The network runs in ``precision`` (autocast and memory layout); softmax and the returned
+    probabilities are fp32.
     """
 
-    def __init__(self, model: UNet, device: torch.device) -> None:
-        self.model = model.to(device).eval()
+    def __init__(self, model: UNet, device: torch.device, precision: Precision) -> None:
+        self.model = precision.prepare_model(model.to(device)).eval()
         self.device = device
+        self.precision = precision
         self.n_classes = int(model.config["n_classes"])
         self._lock = threading.Lock()
 
@@ -150,13 +154,17 @@ class TilePredictor:
         with self._lock, torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device, non_blocking=True)
             if not tta:
-                probs = torch.softmax(self.model(x), dim=1)
+                probs = self._probabilities(x)
             else:
                 probs = sum(
-                    undihedral(torch.softmax(self.model(dihedral(x, k, flip)), dim=1), k, flip)
-                    for k, flip in DIHEDRAL
+                    undihedral(self._probabilities(dihedral(x, k, flip)), k, flip) for k, flip in DIHEDRAL
                 ) / len(DIHEDRAL)
-            return probs.float().cpu().numpy()
+            return probs.cpu().contiguous().numpy()
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast(self.device):
+            logits = self.model(self.precision.prepare_input(x))
+        return torch.softmax(logits.float(), dim=1)
 
 
 def checkpoint_file(model_path: str | Path) -> Path:
@@ -169,17 +177,19 @@ _PREDICTOR_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=2)
-def _load_predictor(checkpoint: str, mtime_ns: int, device: str, torch_threads: int) -> TilePredictor:
+def _load_predictor(
+    checkpoint: str, mtime_ns: int, device: str, torch_threads: int, precision: Precision
+) -> TilePredictor:
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
-    return TilePredictor(load_model(checkpoint, device), torch.device(device))
+    return TilePredictor(load_model(checkpoint, device), torch.device(device), precision)
 
 
-def shared_predictor(model_path: str, device: str, torch_threads: int = 0) -> TilePredictor:
+def shared_predictor(model_path: str, device: str, precision: Precision, torch_threads: int = 0) -> TilePredictor:
     """The process-wide predictor of a checkpoint: loaded once per process (per dask worker)."""
     checkpoint = checkpoint_file(model_path)
     with _PREDICTOR_LOCK:
-        return _load_predictor(str(checkpoint), checkpoint.stat().st_mtime_ns, device, torch_threads)
+        return _load_predictor(str(checkpoint), checkpoint.stat().st_mtime_ns, device, torch_threads, precision)
 
 
 # -- one chunk -----------------------------------------------------------------------------------
@@ -192,6 +202,7 @@ class ChunkJob:
     out_store: str
     model_path: str
     device: str
+    precision: Precision
     torch_threads: int
     layout: TileLayout
     index: tuple[int, int]
@@ -312,7 +323,7 @@ def cache_capacity(input_chunks: Sequence[int], layout: TileLayout, chunk: int) 
 
 def predict_chunk(job: ChunkJob) -> None:
     """Predict one output chunk, write its probabilities and argmax, then mark it done."""
-    predictor = shared_predictor(job.model_path, job.device, job.torch_threads)
+    predictor = shared_predictor(job.model_path, job.device, job.precision, job.torch_threads)
     image = NormalizedArray(shared_image(job), job.stats)  # whole-image statistics, never per tile
     probs = predict_region(predictor, image, job.layout, job.region, job.batch_size, job.tta)
     out_probs = zarr.open_array(store=job.out_store, path=level_path(PROBABILITIES, 0), mode="r+")
@@ -398,10 +409,18 @@ def _runner(options: PredictOptions, runner: DaskRunner | None) -> Iterator[Dask
 
 # -- one image -----------------------------------------------------------------------------------
 def _fingerprint(
-    checkpoint: Path, image_store: Path, image_array: zarr.Array, stats: Stats, options: PredictOptions
+    checkpoint: Path,
+    image_store: Path,
+    image_array: zarr.Array,
+    stats: Stats,
+    options: PredictOptions,
+    precision: Precision,
 ) -> str:
     """Identity of a prediction: model bytes, input image, its normalisation statistics and the
     settings that change outputs.
+
+    The precision is the resolved one (``auto`` means bf16 on one machine and fp32 on another,
+    whose outputs differ slightly), so a resumed prediction never mixes chunks of both.
 
     A partial output is resumed only if this matches, so chunks from another model, image or
     tiling are never mixed into a result. The image is identified by its store's metadata and
@@ -413,6 +432,7 @@ def _fingerprint(
             digest.update(block)
     written = (image_store / image_array.path / "zarr.json").stat().st_mtime_ns
     relevant = {k: getattr(options, k) for k in ("tile", "chunk", "dtype", "tta", "pyramid_levels")}
+    relevant["precision"] = precision.name
     identity = [
         str(image_store.resolve()), image_array.path, list(image_array.shape), written, stats.to_json(), relevant
     ]
@@ -499,6 +519,7 @@ def _prediction_attrs(
     layout: TileLayout,
     options: PredictOptions,
     normalization: dict[str, Any],
+    precision: Precision,
     fingerprint: str,
     rule: dict[str, int],
 ) -> dict[str, Any]:
@@ -517,6 +538,7 @@ def _prediction_attrs(
         "margin": layout.margin,
         "tta": options.tta,
         "dtype": options.dtype,
+        "precision": precision.name,
         "connectivity": int(CONNECTIVITY.sum() - 1),
         "instances": {"seeds": "class 1", **rule},
         "fingerprint": fingerprint,
@@ -560,6 +582,7 @@ def _chunk_jobs(
     stats: Stats,
     options: PredictOptions,
     device: str,
+    precision: Precision,
     torch_threads: int,
 ) -> list[ChunkJob]:
     """One job per output chunk of ``grid`` that has no completion marker yet in ``partial``.
@@ -574,6 +597,7 @@ def _chunk_jobs(
             out_store=str(partial),
             model_path=str(model_path),
             device=device,
+            precision=precision,
             torch_threads=torch_threads,
             layout=layout,
             index=index,
@@ -642,7 +666,9 @@ def predict_image(
     model, recipe, rule = _load_for_checks(model_path)
     _check_compatible(model, model_path, image, image_store, name)
     stats = recipe.statistics(image)  # of the whole image or slide (streamed), before any chunk job
-    fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, stats, options)
+    device = pick_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    fingerprint = _fingerprint(checkpoint_file(model_path), image_store, image, stats, options, precision)
     if out.exists() and open_ome_image(out).attrs.get("fingerprint") == fingerprint:
         log.info("%s: already complete, skipped", out)
         return out
@@ -650,13 +676,15 @@ def predict_image(
     _, height, width = image.shape
     layout = tile_layout(model, options.tile, options.chunk, height, width)
     normalization = {**recipe.to_json(), **stats.to_json()}
-    attrs = _prediction_attrs(model, model_path, image_store, name, layout, options, normalization, fingerprint, rule)
+    attrs = _prediction_attrs(
+        model, model_path, image_store, name, layout, options, normalization, precision, fingerprint, rule
+    )
     _open_or_resume_partial(partial, attrs, height, width, options)
-    device = str(pick_device(options.device))
     grid = ChunkGrid(height, width, options.chunk)
     with _runner(options, runner) as run:
         jobs = _chunk_jobs(
-            grid, image, image_store, partial, model_path, layout, stats, options, device, run.torch_threads
+            grid, image, image_store, partial, model_path, layout, stats, options, str(device), precision,
+            run.torch_threads,
         )
         log.info(
             "%s: %d of %d chunks to predict (tile %d, margin %d)", name, len(jobs), len(grid), layout.tile, layout.margin

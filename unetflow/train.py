@@ -1,13 +1,15 @@
 """Training: weighted cross-entropy on augmented tiles, validation, checkpoints, exact resume.
 
-``Trainer`` owns every piece of state a run has — model, optimizer, AMP scaler, step, metric
+``Trainer`` owns every piece of state a run has — model, optimizer, fp16 gradient scaler, step, metric
 history and the states of all random generators (Python, NumPy, torch CPU/CUDA, the sampler's and
 the augmenter's). ``last.pt`` stores all of it, so a run killed at any point and resumed from
 its last checkpoint continues with exactly the batches, augmentations and dropout masks an
 uninterrupted run would have used (bit-identical on the CPU; on CUDA up to cuDNN's
-non-determinism). The learning rate follows ``train.schedule`` as a pure function of the step
-(``unetflow.schedule``), so it resumes exactly too. ``best.pt`` holds the weights with the best
-validation foreground IoU.
+non-determinism) -- within one precision: a checkpoint of another precision starts afresh. The
+learning rate follows ``train.schedule`` as a pure function of the step (``unetflow.schedule``),
+so it resumes exactly too. ``best.pt`` holds the weights with the best validation foreground IoU.
+Weights and checkpoints are fp32 in every precision; bf16/fp16 is only the autocast of the
+network's forward.
 
 ``train.steps`` and ``train.minutes`` set how long the run goes, not what it is, so they are left
 out of the "same settings" check: raising either on a finished (or budget-stopped) run continues
@@ -36,7 +38,7 @@ from tqdm import tqdm
 
 from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.config import ConfigError
-from unetflow.devices import pick_device
+from unetflow.devices import pick_device, resolve_precision
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.normalize import Normalization
 from unetflow.sampling import TileSampler, open_split
@@ -55,7 +57,7 @@ LENGTH_KEYS = ("steps", "minutes")  # how long a run trains, not what it trains:
 
 
 class TrainingDiverged(ConfigError):
-    """The loss became NaN/inf: a settings problem (learning rate, AMP), fixed by the user."""
+    """The loss became NaN/inf: a settings problem (learning rate, precision), fixed by the user."""
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -104,7 +106,7 @@ class Trainer:
         cfg = train_settings
         self.cfg = cfg
         self.device = pick_device(cfg["device"])
-        self.amp = bool(cfg["amp"]) and self.device.type == "cuda"
+        self.precision = resolve_precision(cfg["precision"], self.device)
         if cfg["num_threads"] > 0:
             torch.set_num_threads(cfg["num_threads"])
         if self.device.type == "cuda":
@@ -126,9 +128,10 @@ class Trainer:
         # What predict needs to turn the model's classes into objects travels with the weights.
         self.recipe = {key: weights_meta[key] for key in ("target", "instances", "object_size")}
         architecture = {k: v for k, v in model_settings.items() if k != "normalization"}
-        self.model = UNet(
+        model = UNet(
             in_channels=int(self.meta["channels"]), n_classes=int(weights_meta["n_classes"]), **architecture
         ).to(self.device)
+        self.model = self.precision.prepare_model(model)
         self.out_size = self.model.valid_output_size(cfg["tile"])
         self.in_size = self.model.input_size(self.out_size)
 
@@ -160,7 +163,8 @@ class Trainer:
             )
         else:
             self.optimizer = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # bf16 has fp32's exponent range, so only fp16 needs its gradients scaled.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.dtype == torch.float16)
         self.step = 0
         self.best_iou = -math.inf
         self.history: list[dict[str, Any]] = []
@@ -190,8 +194,8 @@ class Trainer:
         image, target, weight = batch
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            logits = self.model(image)
+        with self.precision.autocast(self.device):
+            logits = self.model(self.precision.prepare_input(image))
         loss = weighted_cross_entropy(logits, target, weight)
         value = loss.item()
         if not math.isfinite(value):
@@ -207,7 +211,7 @@ class Trainer:
         Predictions come from the predict stage's overlap-tile code (``predict_region``), so the
         validation score is the score of the model as it will be used, borders included.
         """
-        predictor = TilePredictor(self.model, self.device)  # puts the model in eval mode
+        predictor = TilePredictor(self.model, self.device, self.precision)  # puts the model in eval mode
         loss_sum, pixels, inter, union = 0.0, 0, 0, 0
         for image, label, weight in self.val_arrays:
             height, width = label.shape
@@ -250,7 +254,7 @@ class Trainer:
     def _diverged(self, what: str) -> None:
         last = self.work_dir / LAST
         kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
-        raise TrainingDiverged(f"{what}; {kept}. Lower train.lr (or set train.amp: false) and run again.")
+        raise TrainingDiverged(f"{what}; {kept}. Lower train.lr (or set train.precision: fp32) and run again.")
 
     def save_last(self) -> None:
         """Checkpoint everything needed to resume, then the metrics table it corresponds to.
@@ -271,6 +275,7 @@ class Trainer:
             rng=self._rng_state(),
             schedule={**self.cfg["schedule"], "total_steps": int(self.cfg["steps"])},
             elapsed_s=self.elapsed(),
+            precision=self.precision.name,
             settings=self.settings,
             normalization=self.normalization.to_json(),
             inputs=json.dumps(self.inputs, sort_keys=True),
@@ -306,6 +311,12 @@ class Trainer:
             return False
         if int(checkpoint["step"]) > int(self.cfg["steps"]):
             log.warning("%s is at step %d, past train.steps %d; starting afresh", path, checkpoint["step"], self.cfg["steps"])
+            return False
+        if checkpoint.get("precision", "fp32") != self.precision.name:
+            log.warning(
+                "%s was trained in %s, this run is %s; starting afresh",
+                path, checkpoint.get("precision", "fp32"), self.precision.name,
+            )
             return False
         if checkpoint.get("inputs") != json.dumps(self.inputs, sort_keys=True):
             log.warning("%s was trained on other data or weight maps; starting afresh", path)
@@ -353,9 +364,9 @@ class Trainer:
         stop = steps if stop_at is None else min(stop_at, steps)
         self._session_start, self._session_base = self.clock(), self.elapsed_s
         log.info(
-            "training on %s: tiles %d -> %d px, %d train / %d val images, steps %d..%d, %s schedule",
-            self.device, self.in_size, self.out_size, len(self.sampler.arrays), len(self.val_arrays),
-            self.step + 1, stop, self.cfg["schedule"]["name"],
+            "training on %s (%s): tiles %d -> %d px, %d train / %d val images, steps %d..%d, %s schedule",
+            self.device, self.precision.name, self.in_size, self.out_size, len(self.sampler.arrays),
+            len(self.val_arrays), self.step + 1, stop, self.cfg["schedule"]["name"],
         )
         bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", file=sys.stderr, disable=not progress)
         timed_out = self.out_of_time()
@@ -400,6 +411,7 @@ class Trainer:
             recipe=self.recipe,
             train=self.settings["train"],
             trained_steps=self.step,
+            precision=self.precision.name,
             tile={"input": self.in_size, "output": self.out_size, "margin": self.model.margin},
             best_val_iou=self.best_iou if self.val_arrays else None,
         )
