@@ -25,6 +25,9 @@ from unetflow.normalize import Normalization  # noqa: E402
 from unetflow.store import write_dataset  # noqa: E402
 
 
+DSB = {"text": "Caicedo et al. 2019, the 2018 Data Science Bowl", "doi": "10.1038/s41592-019-0612-7"}
+
+
 def _model(path: Path, recipe: Normalization, in_channels: int = 1, n_classes: int = 3) -> UNet:
     torch.manual_seed(0)
     net = UNet(in_channels=in_channels, n_classes=n_classes, depth=2, base_channels=4).eval()
@@ -76,7 +79,7 @@ def test_exported_package_passes_bioimageio_test_model(tmp_path: Path) -> None:
     overlays.write_bytes(b"\x89PNG not really, copied as given")
     out = tmp_path / "bioimageio"
     assert main([
-        "export", str(tmp_path / "model"), str(data), str(out), "--settings", _settings(),
+        "export", str(tmp_path / "model"), str(data), str(out), "--settings", _settings(cite=[DSB]),
         "--evaluation", str(evaluation), "--cover", str(overlays), "--zip", str(tmp_path / "package.zip"),
     ]) == 0  # fmt: skip
     with zipfile.ZipFile(tmp_path / "package.zip") as archive:
@@ -94,7 +97,7 @@ def test_exported_package_passes_bioimageio_test_model(tmp_path: Path) -> None:
         {"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": 2.0, "max_percentile": 99.0}}
     ]
     assert rdf["outputs"][0]["axes"][2]["size"]["offset"] == -2 * net.margin
-    assert rdf["cite"][0]["doi"] == UNET_CITATION["doi"]
+    assert rdf["cite"] == [UNET_CITATION, DSB]
     assert (out / "cover.png").read_bytes() == overlays.read_bytes()
     readme = (out / "README.md").read_text()
     assert "| mean_ap | 0.6250 |" in readme and "grown by up to 3 pixels" in readme

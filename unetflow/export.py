@@ -25,6 +25,7 @@ always a valid package.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ import torch
 import yaml
 
 from unetflow.config import ConfigError
+from unetflow.devices import resolve_precision
 from unetflow.io.errors import InputError
 from unetflow.model import UNet, load_checkpoint
 from unetflow.normalize import Normalization, apply
@@ -342,7 +344,10 @@ def export_bioimageio(
     if crop.shape[0] != model.config["in_channels"]:
         raise InputError(data_store, f"image {source!r} has {crop.shape[0]} channel(s)", f"{model.config['in_channels']}, as the model")
     normalised = apply(crop, recipe.statistics(crop))
-    probs = TilePredictor(model, torch.device("cpu"))(normalised[None])
+    # fp32 as the exported weights (bf16 would be another net); a copy, since the predictor may
+    # change the model's memory layout and the weights are exported in the standard one
+    cpu = torch.device("cpu")
+    probs = TilePredictor(copy.deepcopy(model), cpu, resolve_precision("fp32", cpu))(normalised[None])
 
     with atomic_output(out) as tmp:
         tmp.mkdir()
