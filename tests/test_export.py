@@ -18,7 +18,7 @@ from bioimageio.spec import InvalidDescr, load_description  # noqa: E402
 
 from unetflow.cli import main  # noqa: E402
 from unetflow.config import stage_settings  # noqa: E402
-from unetflow.export import RDF, UNET_CITATION, _sha256, input_sizes, crop_edge, validate_package  # noqa: E402
+from unetflow.export import RDF, UNET_CITATION, sha256, input_sizes, crop_edge, validate_package  # noqa: E402
 from unetflow.io.errors import InputError  # noqa: E402
 from unetflow.model import UNet, save_checkpoint  # noqa: E402
 from unetflow.normalize import Normalization  # noqa: E402
@@ -136,7 +136,7 @@ def test_a_package_that_does_not_reproduce_its_output_is_refused(tmp_path: Path)
     probs = np.load(out / "test_output.npy")
     np.save(out / "test_output.npy", np.roll(probs, 1, axis=1))  # classes swapped: still a valid tensor
     rdf = yaml.safe_load((out / RDF).read_text())
-    rdf["outputs"][0]["test_tensor"]["sha256"] = _sha256(out / "test_output.npy")
+    rdf["outputs"][0]["test_tensor"]["sha256"] = sha256(out / "test_output.npy")
     (out / RDF).write_text(yaml.safe_dump(rdf, sort_keys=False))
     validate_package(out / RDF, test=False)  # the description itself is still valid
     with pytest.raises(InputError, match="test_model failed"):

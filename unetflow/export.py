@@ -18,9 +18,9 @@ holds what those tools need to run our net without unetflow:
   and documentation: the preprocessing, how instances are formed from the classes (no bioimage.io
   op does that), and the measured test metrics.
 
-The package is built in ``<out>.partial`` and renamed when bioimage.io's own validator accepted it
-(and, with ``check``, its ``test_model`` reproduced the test output), so a folder at ``out`` is
-always a valid package.
+The package is built in a temporary sibling folder and renamed to ``out`` only when bioimage.io's
+own validator accepted it (and, with ``check``, its ``test_model`` reproduced the test output), so
+a folder at ``out`` is always a valid package.
 """
 
 from __future__ import annotations
@@ -105,12 +105,13 @@ def crop_edge(model: UNet, wanted: int) -> int:
     return smallest + step * max(0, (wanted - smallest) // step)
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, as the rdf records it for every file (bioimage.io checks them)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # -- pieces of the package -------------------------------------------------------------------------
-def test_crop(data_store: Path, edge: int) -> tuple[str, np.ndarray]:
+def sample_crop(data_store: Path, edge: int) -> tuple[str, np.ndarray]:
     """A centred ``edge``-square (C, edge, edge) crop, as float32, of the first image of the first
     non-empty split of ``TEST_SPLITS`` (mirrored where the image is smaller)."""
     store = open_store(data_store, "dataset")
@@ -154,12 +155,12 @@ def write_weights(model: UNet, example: torch.Tensor, folder: Path) -> dict[str,
     return {
         "torchscript": {
             "source": "weights.torchscript.pt",
-            "sha256": _sha256(folder / "weights.torchscript.pt"),
+            "sha256": sha256(folder / "weights.torchscript.pt"),
             "pytorch_version": torch.__version__.split("+")[0],
         },
         "onnx": {
             "source": "weights.onnx",
-            "sha256": _sha256(folder / "weights.onnx"),
+            "sha256": sha256(folder / "weights.onnx"),
             "opset_version": ONNX_OPSET,
             "parent": "torchscript",
         },
@@ -186,7 +187,7 @@ def tensor_descriptions(model: UNet, recipe: Normalization, folder: Path) -> tup
             {"type": "channel", "channel_names": [f"channel{c}" for c in range(n_in)]},
             *space_in,
         ],
-        "test_tensor": {"source": "test_input.npy", "sha256": _sha256(folder / "test_input.npy")},
+        "test_tensor": {"source": "test_input.npy", "sha256": sha256(folder / "test_input.npy")},
         "data": {"type": "float32"},
         "preprocessing": preprocessing(recipe),
     }
@@ -194,7 +195,7 @@ def tensor_descriptions(model: UNet, recipe: Normalization, folder: Path) -> tup
         "id": OUTPUT_ID,
         "description": "class probabilities (softmax over the channel axis)",
         "axes": [{"type": "batch"}, {"type": "channel", "channel_names": classes}, *space_out],
-        "test_tensor": {"source": "test_output.npy", "sha256": _sha256(folder / "test_output.npy")},
+        "test_tensor": {"source": "test_output.npy", "sha256": sha256(folder / "test_output.npy")},
         "data": {"type": "float32", "range": [0.0, 1.0]},
     }
     return inputs, outputs
@@ -340,7 +341,7 @@ def export_bioimageio(
     if overlays is not None and not Path(overlays).is_file():
         raise InputError(overlays, "no such file", "the evaluation overlays PNG")
 
-    source, crop = test_crop(data_store, crop_edge(model, options.test_size))
+    source, crop = sample_crop(data_store, crop_edge(model, options.test_size))
     if crop.shape[0] != model.config["in_channels"]:
         raise InputError(data_store, f"image {source!r} has {crop.shape[0]} channel(s)", f"{model.config['in_channels']}, as the model")
     normalised = apply(crop, recipe.statistics(crop))
@@ -366,8 +367,8 @@ def export_bioimageio(
             "cite": [UNET_CITATION, *options.cite],
             "license": options.license,
             "tags": list(options.tags),
-            "documentation": {"source": "README.md", "sha256": _sha256(tmp / "README.md")},
-            "covers": [{"source": cover, "sha256": _sha256(tmp / cover)}],
+            "documentation": {"source": "README.md", "sha256": sha256(tmp / "README.md")},
+            "covers": [{"source": cover, "sha256": sha256(tmp / cover)}],
             "inputs": [inputs],
             "outputs": [outputs],
             "weights": weights,
