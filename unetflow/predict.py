@@ -18,7 +18,6 @@ end, and only then is ``<out>.partial`` renamed to ``<out>``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -26,10 +25,9 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +54,7 @@ from unetflow.io.ome_zarr import (
 )
 from unetflow.model import BEST, UNet, load_checkpoint, load_model, model_from_checkpoint
 from unetflow.normalize import Normalization, NormalizedArray, Stats
+from unetflow.scheduling import DaskRunner, own_runner
 from unetflow.store import ATTRS_KEY, IMAGES, open_store, split_names, store_meta
 from unetflow.tiling import Box, ChunkGrid, TileLayout, align_up, read_window
 
@@ -83,6 +82,8 @@ class PredictOptions:
     chunks_in_flight: int
     num_threads: int
     precision: str
+    progress_s: float
+    slurm: dict[str, Any]
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None = None) -> PredictOptions:
@@ -333,80 +334,6 @@ def predict_chunk(job: ChunkJob) -> None:
     marker(job.out_store, job.index).touch()
 
 
-# -- scheduling ----------------------------------------------------------------------------------
-class DaskRunner:
-    """Runs lists of ``dask.delayed`` tasks on the configured scheduler, with progress on stderr.
-
-    ``threads`` (default) uses dask's threaded scheduler with ``chunks_in_flight`` threads;
-    ``distributed`` connects to ``address`` or starts a ``LocalCluster`` of ``n_workers``
-    processes with ``threads_per_worker`` threads each (torch in each worker uses that many
-    threads). Use as a context manager so a started cluster is shut down.
-    """
-
-    def __init__(self, options: PredictOptions) -> None:
-        self.options = options
-        self.client: Any = None
-        self._cluster: Any = None
-
-    @property
-    def torch_threads(self) -> int:
-        """torch threads a chunk task sets in its process (0 = leave the process's setting)."""
-        if self.options.scheduler == "distributed" and self.options.address is None:
-            return self.options.threads_per_worker
-        return 0
-
-    def __enter__(self) -> DaskRunner:
-        if self.options.scheduler == "distributed":
-            from distributed import Client, LocalCluster
-
-            if self.options.address:
-                self.client = Client(self.options.address, set_as_default=False)
-            else:
-                self._cluster = LocalCluster(
-                    n_workers=self.options.n_workers,
-                    threads_per_worker=self.options.threads_per_worker,
-                    processes=True,
-                    dashboard_address=None,
-                )
-                self.client = Client(self._cluster, set_as_default=False)
-            log.info("dask.distributed scheduler at %s", self.client.scheduler.address)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self._cluster is not None:
-            self._cluster.close()
-        self.client = self._cluster = None
-
-    def __call__(self, tasks: Sequence[Any], label: str) -> list[Any]:
-        """Compute ``tasks`` (``dask.delayed`` objects) and return their results in order."""
-        if not tasks:
-            return []
-        log.info("%s", label)
-        if self.client is None:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(out=sys.stderr):
-                return list(dask.compute(*tasks, scheduler="threads", num_workers=self.options.chunks_in_flight))
-        from distributed import progress
-
-        futures = self.client.compute(list(tasks))
-        with contextlib.redirect_stdout(sys.stderr):
-            progress(futures, scheduler=self.client.scheduler.address)
-        return self.client.gather(futures)
-
-
-@contextlib.contextmanager
-def _runner(options: PredictOptions, runner: DaskRunner | None) -> Iterator[DaskRunner]:
-    """The caller's runner (e.g. one cluster for all images of a store), or a new one."""
-    if runner is not None:
-        yield runner
-        return
-    with DaskRunner(options) as own:
-        yield own
-
-
 # -- one image -----------------------------------------------------------------------------------
 def _fingerprint(
     checkpoint: Path,
@@ -612,7 +539,9 @@ def _chunk_jobs(
     ]
 
 
-def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: str, rule: dict[str, int]) -> int:
+def _run_jobs(
+    run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: str, rule: dict[str, int], n_chunks: int
+) -> int:
     """Predict the chunks, label instances and build the pyramid; the number of instances.
 
     All of it is one graph, so labels and pyramid chunks wait only for the chunks they are
@@ -627,10 +556,17 @@ def _run_jobs(run: DaskRunner, partial: Path, jobs: Sequence[ChunkJob], name: st
         *pyramid(partial, INSTANCES, relabelled),
     ]
     try:
-        n_objects, *_ = run([counted, *downsampled], f"predict {name}")
+        progress = functools.partial(_chunks_done, partial, n_chunks)
+        n_objects, *_ = run([counted, *downsampled], f"predict {name}", progress, width=len(jobs))
     finally:
         _cached_image.cache_clear()  # release this image's decoded input chunks
     return n_objects
+
+
+def _chunks_done(partial: Path, n_chunks: int) -> tuple[int, int]:
+    """(chunks written, chunks of the image): the progress a log line reports, read from the markers."""
+    with os.scandir(partial / DONE_DIR) as markers:
+        return sum(1 for _ in markers), n_chunks
 
 
 def _finalise(partial: Path, out: Path, n_objects: int) -> None:
@@ -681,7 +617,8 @@ def predict_image(
     )
     _open_or_resume_partial(partial, attrs, height, width, options)
     grid = ChunkGrid(height, width, options.chunk)
-    with _runner(options, runner) as run:
+    with own_runner(options, runner) as run:
+        device = run.prepare([image_store, partial, checkpoint_file(model_path)], options.device)
         jobs = _chunk_jobs(
             grid, image, image_store, partial, model_path, layout, stats, options, str(device), precision,
             run.torch_threads,
@@ -689,7 +626,7 @@ def predict_image(
         log.info(
             "%s: %d of %d chunks to predict (tile %d, margin %d)", name, len(jobs), len(grid), layout.tile, layout.margin
         )
-        n_objects = _run_jobs(run, partial, jobs, name, rule)
+        n_objects = _run_jobs(run, partial, jobs, name, rule, len(grid))
     _finalise(partial, out, n_objects)
     return out
 

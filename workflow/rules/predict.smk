@@ -4,7 +4,12 @@
 # Only the predict section is a param, so changing e.g. the evaluation never re-predicts. The CLI
 # builds <output>.partial/, which outlives a failed or killed job, and resumes it chunk by chunk.
 # Peak memory is set by predict.chunk and predict.chunks_in_flight, not by the slide size; a
-# retry (attempt) gets more anyway. A GPU is requested only for device cuda.
+# retry (attempt) gets more anyway. A GPU is requested only for device cuda. With scheduler slurm
+# the chunks run in dask worker jobs (predict.slurm asks for their CPUs and GPUs); the predict job
+# only coordinates them and needs one core and no GPU.
+PREDICT_COORDINATES = config["predict"]["scheduler"] == "slurm"
+PREDICT_THREADS = 1 if PREDICT_COORDINATES else 4
+PREDICT_GPU = {"gpu": 1} if config["predict"]["device"] == "cuda" and not PREDICT_COORDINATES else {}
 
 
 rule predict_split:
@@ -21,11 +26,11 @@ rule predict_split:
         log_path("predict_{split}"),
     conda:
         "../../envs/predict.yaml"
-    threads: 4
+    threads: PREDICT_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=60,
-        **({"gpu": 1} if config["predict"]["device"] == "cuda" else {}),
+        **PREDICT_GPU,
     shell:
         "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split {wildcards.split} --threads {threads}"
         " --settings {params.settings:q} > {log:q} 2>&1"
@@ -43,11 +48,11 @@ rule predict_slide:
         log_path("predict_slide_{slide}"),
     conda:
         "../../envs/predict.yaml"
-    threads: 4
+    threads: PREDICT_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=lambda wildcards, attempt: 720 * attempt,
-        **({"gpu": 1} if config["predict"]["device"] == "cuda" else {}),
+        **PREDICT_GPU,
     shell:
         "python -m unetflow predict {input.model:q} {input.images:q} {output:q} --split all --threads {threads}"
         " --settings {params.settings:q} > {log:q} 2>&1"
