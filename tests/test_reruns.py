@@ -20,7 +20,7 @@ from tiny_workflow import RUN_DIR, check, planned_jobs, prepare, snakemake
 pytestmark = pytest.mark.slow
 
 PREDICT = {"predict_split": 2, "predict_slide": 1}  # test and train splits, the slide
-EVALUATE = {"evaluate": 2}  # test and train
+EVALUATE = {"evaluate": 2, "export": 1}  # test and train; the bioimage.io package documents the test figures
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,9 @@ def test_complete_run_is_up_to_date(completed: Path) -> None:
         # which splits are scored is not a setting of any one evaluation: the others stay
         pytest.param({"evaluate": {"splits": ["test"]}}, {}, id="fewer-splits"),
         pytest.param({"evaluate": {"splits": ["test", "train", "val"]}}, {"predict_split": 1, "evaluate": 1}, id="val-split"),
+        pytest.param({"export": {"test_size": 64}}, {"export": 1}, id="export-setting"),
+        # whether the package is in the default target is not a setting of the package
+        pytest.param({"export": {"bioimageio": False}}, {}, id="export-off"),
         # an old config without a test split: test reuses the val predictions (val, train predicted)
         pytest.param(
             {"dataset": {"split": {"val_fraction": 0.25, "test_fraction": None, "seed": 0}}},
