@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -e ".[test,bench,workflow]"
+	$(BIN)/python -m pip install -e ".[test,bench,export,workflow]"
 	# The benchmarks' baseline: PyPI's elasticdeform 0.5.1 wheels were built against NumPy 1 and
 	# fail to import under NumPy 2, so it is compiled from source against the installed NumPy.
 	$(BIN)/python -m pip install --no-binary elasticdeform "elasticdeform>=0.5,<0.6"

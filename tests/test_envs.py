@@ -43,12 +43,24 @@ else:  # pytest depends on tomli before 3.11
 ENVS = REPO / "envs"
 RULES = REPO / "workflow" / "rules"
 PACKAGE = "unetflow"
-STAGES = ("ingest", "weights", "train", "predict", "tune", "evaluate")
+STAGES = ("ingest", "weights", "train", "predict", "tune", "evaluate", "export")
+# Optional extras of pyproject.toml that a stage needs (its env carries them like dependencies).
+STAGE_EXTRAS = ("export",)
 
 CONDA_TO_PYPI = {"pytorch": "torch", "matplotlib-base": "matplotlib", "dask-core": "dask"}
-IMPORT_TO_PYPI = {"skimage": "scikit-image", "yaml": "pyyaml", "PIL": "pillow", "dask.distributed": "distributed"}
+IMPORT_TO_PYPI = {
+    "bioimageio.core": "bioimageio.core",
+    "bioimageio.spec": "bioimageio.spec",
+    "skimage": "scikit-image",
+    "yaml": "pyyaml",
+    "PIL": "pillow",
+    "dask.distributed": "distributed",
+}
 # Packages a stage needs without importing them: {package: (why, the imported package that loads it)}.
-RUNTIME_ONLY = {"imagecodecs": ("tifffile decodes compressed TIFF pages through it", "tifffile")}
+RUNTIME_ONLY = {
+    "imagecodecs": ("tifffile decodes compressed TIFF pages through it", "tifffile"),
+    "onnxruntime": ("bioimageio.core's test_model runs the ONNX weights with it", "bioimageio-core"),
+}
 # Drive the workflow (the Snakemake process) rather than run inside a rule's job.
 WORKFLOW_ONLY = re.compile(r"^snakemake($|-)")
 # Imports whose loading at CLI start-up would make every stage (and `unetflow --help`) slow.
@@ -62,7 +74,8 @@ def _normalise(name: str) -> str:
 @cache
 def pyproject_dependencies() -> dict[str, SpecifierSet]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    requirements = [Requirement(text) for text in project["dependencies"]]
+    extras = [text for extra in STAGE_EXTRAS for text in project["optional-dependencies"][extra]]
+    requirements = [Requirement(text) for text in project["dependencies"] + extras]
     return {_normalise(req.name): req.specifier for req in requirements}
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 PREDICT = {"predict_split": 3, "predict_slide": 1}  # val (for tune), test and train splits, the slide
 TUNE = {"tune": 1}
-EVALUATE = {"evaluate": 2}  # test and train
+EVALUATE = {"evaluate": 2, "export": 1}  # test and train; the bioimage.io package documents the test figures
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,9 @@ def test_complete_run_is_up_to_date(completed: Path) -> None:
         # which splits are scored is not a setting of any one evaluation: the others stay
         pytest.param({"evaluate": {"splits": ["test"]}}, {}, id="fewer-splits"),
         pytest.param({"evaluate": {"splits": ["test", "train", "val"]}}, {"evaluate": 1}, id="val-split"),  # tune predicted val
+        pytest.param({"export": {"test_size": 64}}, {"export": 1}, id="export-setting"),
+        # whether the package is in the default target is not a setting of the package
+        pytest.param({"export": {"bioimageio": False}}, {}, id="export-off"),
         # an old config without a test split: test reuses the val predictions (val, train
         # predicted), and nothing is tuned on the images that are scored
         pytest.param(

@@ -53,6 +53,10 @@ def test_pipeline_produces_every_store(finished_run):
     for plot in ("dataset.png", "weights.png"):
         assert (results / "tiny" / "plots" / plot).stat().st_size > 5000
     assert (run / "plots" / "tuning.png").stat().st_size > 5000
+    # the bioimage.io package (its export ran bioimage.io's test_model), covered by the test overlays
+    package = run / "bioimageio"
+    assert yaml.safe_load((package / "rdf.yaml").read_text())["type"] == "model"
+    assert (package / "cover.png").read_bytes() == (run / "plots" / "evaluation_test_overlays.png").read_bytes()
     assert not list(results.rglob(".*tmp*")) and not list(results.rglob("*.partial"))
     # the training state stays beside the model, so raising train.steps continues from it
     assert (run / "model.checkpoints" / "last.pt").is_file()

@@ -18,7 +18,7 @@ from unetflow.config import ConfigError
 from unetflow.io.errors import InputError
 from unetflow.store import StoreError
 
-STAGES = ("ingest", "weights", "train", "predict", "tune", "evaluate")
+STAGES = ("ingest", "weights", "train", "predict", "tune", "evaluate", "export")
 USER_ERRORS = (ConfigError, InputError, StoreError)
 
 

@@ -165,12 +165,42 @@ def holds_out_test_images():
     return bool(split["test_indices"]) or (split["test_fraction"] or 0) > 0
 
 
+def settings_without(section, key):
+    """A config section as JSON without a key that only chooses which outputs the workflow builds,
+    so flipping that key reruns nothing already built."""
+    return json.dumps({k: v for k, v in config[section].items() if k != key}, sort_keys=True)
+
+
 def evaluation_settings():
-    """The evaluate section without ``splits``, which only chooses which evaluations run: adding
-    the train split must not rescore test."""
-    return json.dumps({k: v for k, v in config["evaluate"].items() if k != "splits"}, sort_keys=True)
+    """The evaluate section without ``splits``: adding the train split must not rescore test."""
+    return settings_without("evaluate", "splits")
+
+
+def bioimageio_dir():
+    return f"{run_dir()}/bioimageio"
+
+
+def bioimageio_zip():
+    return f"{run_dir()}/bioimageio.zip"
+
+
+def export_inputs(wildcards):
+    """The model and store, plus the test evaluation (documented metrics) and its overlays (the
+    cover) when the config holds out test images."""
+    inputs = {"model": model_dir(), "data": data_store()}
+    if holds_out_test_images():
+        inputs["evaluation"] = evaluation_dir("test")
+        inputs["cover"] = f"{run_dir()}/plots/evaluation_test_overlays.png"
+    return inputs
+
+
+def export_options(wildcards, input):
+    """The export CLI's options for the optional inputs of ``export_inputs``."""
+    options = [f"--{name} {shlex.quote(input[name])}" for name in ("evaluation", "cover") if name in input.keys()]
+    return " ".join(options)
 
 
 def final_outputs():
     evaluation = [evaluation_dir(split) for split in config["evaluate"]["splits"]] if holds_out_test_images() else []
-    return (evaluation or [model_dir()]) + [slide_predictions(s) for s in SLIDES]
+    export = [bioimageio_dir(), bioimageio_zip()] if config["export"]["bioimageio"] else []
+    return (evaluation or [model_dir()]) + export + [slide_predictions(s) for s in SLIDES]
