@@ -47,6 +47,7 @@ from unetflow.model import UNet, load_checkpoint
 from unetflow.normalize import Normalization, apply
 from unetflow.plots.common import display_image
 from unetflow.plots.evaluation import save_rgb
+from unetflow.instances import InstanceRule
 from unetflow.predict import TilePredictor, _load_for_checks
 from unetflow.store import IMAGES, atomic_output, open_store, split_names
 from unetflow.tiling import read_window
@@ -223,7 +224,7 @@ def documentation(
     model: UNet,
     recipe: Normalization,
     checkpoint: dict[str, Any],
-    rule: dict[str, int],
+    rule: InstanceRule,
     summary: dict[str, Any] | None,
     source: str,
 ) -> str:
@@ -241,15 +242,15 @@ def documentation(
     n_classes = model.config["n_classes"]
     if n_classes == 3:
         objects = (
-            f"Objects: the connected regions of class 1 (interior) are seeds, grown by up to {rule['grow']} pixels "
-            f"through the foreground (classes 1 and 2) and widened by {rule['expand']} pixels where no other object "
+            f"Objects: the connected regions of class 1 (interior) are seeds, grown by up to {rule.grow} pixels "
+            f"through the foreground (classes 1 and 2) and widened by {rule.expand} pixels where no other object "
             "is, so touching objects separate along the predicted boundary."
         )
     else:
         objects = (
             "Objects: the connected regions where class 1 (object) is most probable"
-            + (f", grown by up to {rule['grow']} pixels" if rule["grow"] else "")
-            + (f" and widened by {rule['expand']} pixels" if rule["expand"] else "")
+            + (f", grown by up to {rule.grow} pixels" if rule.grow else "")
+            + (f" and widened by {rule.expand} pixels" if rule.expand else "")
             + "."
         )
     lines = [
