@@ -94,6 +94,7 @@ def row(name: str, config: dict, results: Path, minutes: float) -> dict:
         "precision": train_cfg.get("precision", "auto"),
         "steps": train_cfg.get("steps"),
         "minutes": round(minutes, 1),
+        "postprocess": (test.get("postprocess") or {}).get("method"),
         "test_images": test.get("n_images"),
         "val_doubles_as_test": test.get("val_doubles_as_test"),
     }
