@@ -153,7 +153,12 @@ class Trainer:
         train_arrays = open_split(data_store, weights_store, train_names, self.normalization)
         self.val_arrays = open_split(data_store, weights_store, split_names(data, "val"), self.normalization)
         self.sampler = TileSampler(
-            train_arrays, self.out_size, self.model.margin, self.augmenter.border, self.sampler_generator
+            train_arrays,
+            self.out_size,
+            self.model.margin,
+            self.augmenter.border,
+            self.sampler_generator,
+            sampling=cfg["sampling"],
         )
 
         params = self.model.parameters()
