@@ -137,9 +137,6 @@ class Trainer:
 
         self.sampler_generator = torch.Generator().manual_seed(seed + 1)
         self.augment_generator = torch.Generator(device=self.device).manual_seed(seed + 2)
-        self.augmenter = Augmenter(
-            AugmentSettings.from_config(cfg["augment"]), self.in_size, self.out_size, self.augment_generator
-        )
         train_names = split_names(data, "train")
         if not train_names:
             raise StoreError(
@@ -149,6 +146,13 @@ class Trainer:
         # zscore statistics come from the training images only: no validation/test pixel shapes the model
         self.normalization = Normalization.from_settings(model_settings.get("normalization", {})).fit(
             {name: data[IMAGES][name] for name in train_names}
+        )
+        self.augmenter = Augmenter(
+            AugmentSettings.from_config(cfg["augment"]),
+            self.in_size,
+            self.out_size,
+            self.augment_generator,
+            mid_grey=self.normalization.mid_grey,
         )
         train_arrays = open_split(data_store, weights_store, train_names, self.normalization)
         self.val_arrays = open_split(data_store, weights_store, split_names(data, "val"), self.normalization)
