@@ -31,16 +31,10 @@ from unetflow.io.ome_zarr import (
 from unetflow.model import UNet, save_checkpoint
 from unetflow.instances import InstanceRule, grow_seeds
 from unetflow.normalize import Normalization
-from unetflow.predict import (
-    DIHEDRAL,
-    CachedChunks,
-    PredictOptions,
-    dihedral,
-    marker,
-    predict_image,
-    tile_layout,
-    undihedral,
-)
+from unetflow.chunk_cache import CachedChunks
+from unetflow.inference import DIHEDRAL, dihedral, tile_layout, undihedral
+from unetflow.predict import PredictOptions, predict_image
+from unetflow.prediction_store import DONE_DIR, marker
 from unetflow.io.pixel_size import PixelSize
 from unetflow.store import write_dataset
 from unetflow.tiling import read_window
@@ -254,7 +248,10 @@ def test_killed_run_resumes_without_recomputing_written_chunks(
     probs = open_ome_image(out).levels[0][:]
     assert np.abs(probs - _whole_image(net, image, net.margin)).max() <= 1e-4
 
-    recomputed.clear()  # a complete output with the same model and settings is not redone
+    recomputed.clear()  # a complete output with the same model and settings is not redone,
+    monkeypatch.setattr(  # not even its image statistics (a whole slide's are a streamed pass over it)
+        Normalization, "statistics", lambda *a: pytest.fail("statistics computed for a complete prediction")
+    )
     predict_image(tmp_path / "m.pt", store, "a", out, options)
     assert recomputed == []
 
@@ -404,7 +401,7 @@ def test_output_is_ngff_with_pyramids_and_labels(tmp_path: Path) -> None:
     assert _same_partition(instances.levels[0][:], ndimage.label(semantic > 0)[0])
     np.testing.assert_array_equal(instances.levels[1][:], instances.levels[0][::2, ::2])
     assert image.attrs["kind"] == "prediction" and image.attrs["complete"] is True
-    assert not (out / predict_module.DONE_DIR).exists()
+    assert not (out / DONE_DIR).exists()
 
     ome_zarr = pytest.importorskip("ome_zarr.reader")
     from ome_zarr.io import parse_url

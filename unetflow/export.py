@@ -12,7 +12,7 @@ holds what those tools need to run our net without unetflow:
 * the normalisation recipe as the spec's preprocessing: per-image percentiles are ``scale_range``
   over each channel, a fitted zscore is ``fixed_zero_mean_unit_variance`` per channel;
 * test tensors: a crop of a real image of the data store and the probabilities *our* predictor
-  (``unetflow.predict.TilePredictor``) computes for it after normalising it by the recipe, so
+  (``unetflow.inference.TilePredictor``) computes for it after normalising it by the recipe, so
   bioimage.io's ``test_model`` checks that its runtime reproduces unetflow;
 * a cover image (the evaluation overlays when given, else the test crop beside its prediction)
   and documentation: the preprocessing, how instances are formed from the classes (no bioimage.io
@@ -48,7 +48,7 @@ from unetflow.normalize import Normalization, apply
 from unetflow.plots.common import display_image
 from unetflow.plots.evaluation import save_rgb
 from unetflow.instances import InstanceRule
-from unetflow.predict import TilePredictor, _load_for_checks
+from unetflow.inference import TilePredictor, load_trained_model
 from unetflow.store import IMAGES, atomic_output, open_store, split_names
 from unetflow.tiling import read_window
 
@@ -331,7 +331,7 @@ def export_bioimageio(
     options = ExportSettings.from_settings(settings)
     _require_export_extra()
     model_dir, data_store, out = Path(model_dir), Path(data_store), Path(out)
-    model, recipe, rule = _load_for_checks(model_dir)
+    model, recipe, rule = load_trained_model(model_dir)
     checkpoint = load_checkpoint(model_dir)
     summary = None
     if evaluation is not None:

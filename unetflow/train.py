@@ -42,7 +42,7 @@ from unetflow.devices import pick_device, resolve_precision
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.normalize import Normalization
 from unetflow.sampling import TileSampler, open_split
-from unetflow.predict import TilePredictor, argmax_classes, predict_region, tile_layout
+from unetflow.inference import TilePredictor, argmax_classes, predict_region, tile_layout
 from unetflow.schedule import lr_factor
 from unetflow.store import IMAGES, StoreError, atomic_output, open_store, split_names, store_meta
 from unetflow.tiling import ChunkGrid
