@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dask
+import dask.array
 import numpy as np
 import pytest
 import torch
 import zarr
 from scipy import ndimage
 
+import unetflow
 import unetflow.normalize as normalize_module
 import unetflow.predict as predict_module
 from unetflow.commands import predict as predict_command
@@ -577,6 +583,27 @@ def test_cli_writes_one_ome_zarr_per_validation_image(tmp_path: Path) -> None:
     assert open_ome_image(out / "b.ome.zarr").levels[0].shape == (2, 70, 40)
     assert_valid_ngff(out / "b.ome.zarr")
     assert not out.with_name("val.partial").exists()
+
+
+def test_cli_log_of_a_2048_slide_is_short_and_ends_at_100_percent(tmp_path: Path) -> None:
+    """A predict job's log (stderr a file, not a terminal) stays readable: no bar redraws."""
+    _model(tmp_path / "m.pt")
+    tile = _image(256, 256)
+    slide = dask.array.tile(dask.array.from_array(tile, chunks=(1, 256, 256)), (1, 8, 8))
+    store = write_dataset(tmp_path / "slide.zarr", {"giant": slide}, chunk=512)
+    out = tmp_path / "predictions"
+    settings = {"device": "cpu", "chunk": 512, "precision": "fp32"}  # 16 chunks, progress lines every 30 s
+    done = subprocess.run(
+        [sys.executable, "-m", "unetflow", "predict", str(tmp_path / "m.pt"), str(store), str(out), "--settings", json.dumps(settings)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(Path(unetflow.__file__).parents[1])},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert 0 < len(lines) < 30, done.stderr
+    assert "\r" not in done.stderr  # no redrawn bar
+    final = [line for line in lines if "predict giant: " in line and "tasks (100%)" in line]
+    assert final, done.stderr
+    assert open_ome_image(out / "giant.ome.zarr").attrs["complete"] is True
 
 
 def test_killed_store_prediction_keeps_finished_images_for_the_rerun(

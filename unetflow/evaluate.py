@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from unetflow import postprocess
 from unetflow.instances import InstanceRule, remove_small
@@ -39,6 +38,7 @@ from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import open_ome_image
 from unetflow.metrics import count_scores, evaluate_segmentation, threshold_key
 from unetflow.postprocess import tuned_objects
+from unetflow.progress import track
 from unetflow.plots.evaluation import overlay_rgb, plot_metrics, plot_overlays, save_rgb
 from unetflow.store import (
     IMAGES,
@@ -193,7 +193,7 @@ def evaluate(
     thresholds = list(settings["iou_thresholds"])
 
     rows, overlays = [], []
-    for name, path in tqdm(list(zip(names, paths)), desc="evaluate", unit="image"):
+    for name, path in track(list(zip(names, paths)), "evaluate", "images"):
         gt = np.asarray(store[f"{LABELS}/{name}"][...])
         pred = predicted_instances(path, name, gt.shape, settings, tuned)
         rows.append({"image": name, **evaluate_segmentation(gt, pred, thresholds)})

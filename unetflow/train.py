@@ -25,7 +25,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,13 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.config import ConfigError
 from unetflow.devices import pick_device, resolve_precision
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.normalize import Normalization
+from unetflow.progress import Progress
 from unetflow.sampling import TileSampler, open_split
 from unetflow.inference import TilePredictor, argmax_classes, predict_region, tile_layout
 from unetflow.schedule import lr_factor
@@ -368,7 +367,7 @@ class Trainer:
             self.device, self.precision.name, self.in_size, self.out_size, len(self.sampler.arrays),
             len(self.val_arrays), self.step + 1, stop, self.cfg["schedule"]["name"],
         )
-        bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", file=sys.stderr, disable=not progress)
+        bar = Progress("train", stop, "steps", initial=self.step, enabled=progress)
         timed_out = self.out_of_time()
         while self.step < stop and not timed_out:
             lr = self.set_lr(self.step + 1)
@@ -382,13 +381,13 @@ class Trainer:
                 if row["val_iou"] > self.best_iou:
                     self.best_iou = row["val_iou"]
                     self.save_best(row["val_loss"], row["val_iou"])
-                bar.set_postfix(loss=f"{loss:.4f}", val_iou=f"{row['val_iou']:.3f}")
+                note = f"loss {loss:.4f}, val_iou {row['val_iou']:.3f}"
             else:
-                bar.set_postfix(loss=f"{loss:.4f}")
+                note = f"loss {loss:.4f}"
             self.history.append(row)
             if self.step % self.cfg["checkpoint_every"] == 0 or self.step == stop or last:
                 self.save_last()
-            bar.update(1)
+            bar.set(self.step, note=note)
         bar.close()
         if timed_out and self.step < steps:
             log.warning(
