@@ -25,12 +25,12 @@ from unetflow.commands import predict as predict_command
 from unetflow.config import ConfigError
 from unetflow.devices import cpu_bf16_supported, resolve_precision
 from unetflow.io.errors import InputError
+from unetflow.io.chunked_instances import instance_labels
 from unetflow.io.ome_zarr import (
     INSTANCES,
     SEMANTIC,
     create_prediction,
     downsample,
-    instance_labels,
     level_path,
     open_ome_image,
 )

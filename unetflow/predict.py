@@ -45,11 +45,11 @@ from unetflow.inference import (
 )
 from unetflow.instances import InstanceRule
 from unetflow.io.errors import InputError
+from unetflow.io.chunked_instances import instance_labels
 from unetflow.io.ome_zarr import (
     INSTANCES,
     PROBABILITIES,
     SEMANTIC,
-    instance_labels,
     level_path,
     ome_tiff_path,
     pyramid,
