@@ -130,7 +130,8 @@ class ChunkJob:
 def predict_chunk(job: ChunkJob) -> None:
     """Predict one output chunk, write its probabilities and argmax, then mark it done."""
     predictor = shared_predictor(job.model_path, job.device, job.precision, job.torch_threads)
-    image = NormalizedArray(shared_image(job.image_store, job.image_array, job.cached_chunks), job.stats)  # whole-image statistics, never per tile
+    cached = shared_image(job.image_store, job.image_array, job.cached_chunks)
+    image = NormalizedArray(cached, job.stats)  # whole-image statistics, never per tile
     probs = predict_region(predictor, image, job.layout, job.region, job.batch_size, job.tta)
     out_probs = zarr.open_array(store=job.out_store, path=level_path(PROBABILITIES, 0), mode="r+")
     out_probs[(..., *job.region.slices)] = probs.astype(out_probs.dtype, copy=False)
@@ -221,7 +222,7 @@ def _run_jobs(
         *pyramid(partial, INSTANCES, relabelled),
     ]
     try:
-        progress = functools.partial(chunks_done, partial, n_chunks)
+        progress = functools.partial(chunks_done, partial, n_chunks)  # what a distributed run reports
         n_objects, *_ = run([counted, *downsampled], f"predict {name}", progress, width=len(jobs))
     finally:
         release_shared_image()  # this image's decoded input chunks
