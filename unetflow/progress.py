@@ -54,6 +54,7 @@ class Progress:
         self.enabled, self.every_s = enabled, every_s
         self.note = ""
         self._initial = initial
+        self._shown: int | None = None  # ``done`` of the last log line
         self._start = time.monotonic()
         self._next_line = self._start + every_s
         self._bar = (
@@ -80,8 +81,13 @@ class Progress:
         if self._bar is not None:
             self._bar.update(done - self.done)
         self.done = done
-        if self._bar is None and self.enabled and time.monotonic() >= self._next_line:
+        if self._bar is None and self.due():
             self._log_line()
+
+    def due(self) -> bool:
+        """Whether an update would be shown now (always on a bar): lets a caller skip gathering
+        figures that are costly to count (chunk markers, workers asked over the network)."""
+        return self._bar is not None or (self.enabled and time.monotonic() >= self._next_line)
 
     def _log_line(self) -> None:
         now = time.monotonic()
@@ -93,12 +99,13 @@ class Progress:
             line += f", ~{(self.total - self.done) / rate:.0f} s left"
         log.info("%s%s", line, f", {self.note}" if self.note else "")
         self._next_line = now + self.every_s
+        self._shown = self.done
 
     def close(self) -> None:
         """The bar's last state, or the final log line."""
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled:
+        elif self.enabled and self._shown != self.done:  # not the line just written again
             self._log_line()
         self.enabled = False  # closed: nothing more is shown
 

@@ -248,7 +248,8 @@ class DaskRunner:
 
     def _wait_showing(self, futures: list[Any], label: str, progress: ProgressSource | None) -> None:
         """Wait for ``futures`` or the first failed one (the rest would run on for nothing),
-        updating the progress every ``FAILURE_CHECK_S`` with done/total and the workers alive."""
+        showing done/total and the workers alive whenever the progress is due (every
+        ``FAILURE_CHECK_S`` on a terminal, every ``progress_s`` in a log file) and at the end."""
         from distributed import wait
 
         unit = "chunks" if progress else "tasks"
@@ -260,8 +261,9 @@ class DaskRunner:
                     finished = True
                 except TimeoutError:
                     finished = any(future.status == "error" for future in futures)
-                done, total = progress() if progress else (sum(f.done() for f in futures), len(futures))
-                shown.set(done, total, note=f"{len(self.client.nthreads())} workers alive")
+                if finished or shown.due():
+                    done, total = progress() if progress else (sum(f.done() for f in futures), len(futures))
+                    shown.set(done, total, note=f"{len(self.client.nthreads())} workers alive")
                 if finished:
                     return
 
