@@ -134,3 +134,19 @@ def test_wrong_source_size_is_rejected() -> None:
     image, label, weight = _sources(aug, 1)
     with pytest.raises(ValueError, match="expected source edges"):
         aug(image[..., 1:, 1:], label, weight)
+
+
+@pytest.mark.parametrize("mid_grey", [0.5, 0.0])
+def test_inversion_mirrors_whole_samples_about_mid_grey(mid_grey: float) -> None:
+    image = torch.rand(400, 1, 8, 8, generator=_gen(0))
+    label = torch.zeros(400, 8, 8, dtype=torch.long)
+    settings = AugmentSettings(**{**OFF.__dict__, "invert": 0.3})
+    out = Augmenter(settings, 8, 8, _gen(1), mid_grey=mid_grey)(image, label, label.float())[0]
+    kept = (out == image).flatten(1).all(1)
+    mirrored = torch.isclose(out, 2 * mid_grey - image, atol=1e-6).flatten(1).all(1)
+    assert bool((kept ^ mirrored).all())  # every sample is either untouched or mirrored whole
+    assert abs(mirrored.float().mean().item() - 0.3) < 0.07
+    # invert 0 draws nothing: the rest of the augmentation sees the same random numbers as before
+    plain = Augmenter(AugmentSettings(**{**OFF.__dict__, "noise": 0.1}), 8, 8, _gen(1))
+    again = Augmenter(AugmentSettings(**{**OFF.__dict__, "noise": 0.1, "invert": 0.0}), 8, 8, _gen(1))
+    assert torch.equal(plain(image, label, label.float())[0], again(image, label, label.float())[0])

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from unetflow.config import ConfigError, config_readme, load_config, schema_markdown, stage_settings, validate_config
+from unetflow.model import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,15 @@ def test_shipped_configs_are_valid(name):
     if not path.exists():
         pytest.fail(f"{path} is missing")
     load_config(path)
+
+
+def test_paper_config_layers_over_a_dataset_config():
+    """config/paper-gpu.yaml is an overlay: over ISBI it gives the paper's net, tile and targets."""
+    config = load_config(ROOT / "config" / "isbi2012.yaml", ROOT / "config" / "paper-gpu.yaml")
+    assert (config["model"]["depth"], config["model"]["base_channels"]) == (5, 64)
+    assert UNet(1, 2, depth=5, base_channels=64).input_size(config["train"]["tile"]) == 572
+    assert config["weights"]["target"]["mode"] == "binary" and config["train"]["optimizer"] == "sgd"
+    assert config["dataset"]["path"] == "../shared/data/isbi2012"  # the dataset config still applies
 
 
 def test_config_readme_matches_schema():

@@ -129,6 +129,21 @@ def test_rand_objective_searches_the_foreground_threshold_only(tmp_path: Path) -
     assert result["defaults"]["score"] > 0.3  # merged at 0.5
 
 
+def test_pixel_metrics_get_the_threshold_with_the_lowest_val_pixel_error(tmp_path: Path) -> None:
+    """Object rims predicted at 0.42: every pixel is right only below 0.42, whatever the objects need."""
+    labels, _ = _disc_pair()
+    rim = (labels > 0) & ~ndimage.binary_erosion(labels > 0, iterations=2)
+    p1 = np.where(labels > 0, 0.9, 0.05)
+    p1[rim] = 0.42
+    model, store, preds = _case(tmp_path, {"a": _two_class(p1)}, {"a": labels}, {})
+    settings = stage_settings("tune", json.dumps({"thresholds": [0.3, 0.4, 0.6]}))
+    pixel = tune(model, store, preds, tmp_path / "tuned.json", settings)["pixel"]
+    errors = {row["foreground_threshold"]: row["pixel_error"] for row in pixel["grid"]}
+    assert errors[0.5] == pytest.approx(rim.mean()) and errors[0.4] == errors[0.3] == 0.0
+    assert pixel["foreground_threshold"] == 0.3 and pixel["pixel_error"] == 0.0  # the first of equals
+    assert json.loads((tmp_path / "tuned.json").read_text())["pixel"] == pixel
+
+
 def test_a_flat_objective_keeps_the_defaults(tmp_path: Path) -> None:
     """A model that finds nothing scores 0 everywhere: the defaults stay, not the grid's first row."""
     labels, _ = _disc_pair()

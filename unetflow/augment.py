@@ -11,7 +11,14 @@ The grid is only evaluated on the pixels that are kept (the input tile for the i
 output window for label and weight), while the source windows the sampler reads extend
 ``Augmenter.border`` pixels further on every side, so deformed tiles pull real image content (or
 the store's mirror padding) rather than padding made up at the tile edge. Gray-value changes
-(gamma, contrast, Gaussian noise) follow on the image only.
+(intensity inversion, gamma, contrast, Gaussian noise) follow on the image only.
+
+Inversion (``invert``, a probability) mirrors intensities about the normalisation's mid-grey
+(``1 - x`` after percentile normalisation, ``-x`` after z-scoring). It is for datasets that mix
+polarities -- fluorescence (bright objects on dark) with brightfield or histology (dark objects on
+bright) -- where the rarer polarity has few training images: the net then learns shapes that do
+not depend on which side of the background an object lies. Off by default: for one modality it
+only removes a cue.
 
 All random numbers come from one ``torch.Generator`` living on the device, drawn in a fixed order
 with fixed shapes, so a run is reproducible and resumable from the generator's state.
@@ -41,6 +48,7 @@ class AugmentSettings:
     gamma: float = 0.2
     contrast: float = 0.1
     noise: float = 0.03
+    invert: float = 0.0
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> AugmentSettings:
@@ -98,10 +106,18 @@ class Augmenter:
     ``out_size + 2 * border``, all centred on the same point.
     """
 
-    def __init__(self, settings: AugmentSettings, in_size: int, out_size: int, generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        settings: AugmentSettings,
+        in_size: int,
+        out_size: int,
+        generator: torch.Generator,
+        mid_grey: float = 0.5,
+    ) -> None:
         if (in_size - out_size) % 2:
             raise ValueError("input and output tile edges must differ by an even number")
         self.settings = settings
+        self.mid_grey = mid_grey
         self.in_size = in_size
         self.out_size = out_size
         self.generator = generator
@@ -144,9 +160,13 @@ class Augmenter:
         return src_y, src_x
 
     def _gray_values(self, image: torch.Tensor) -> torch.Tensor:
-        """Gamma (on the per-sample min-max range), contrast about the mean, additive noise."""
+        """Inversion about mid-grey, gamma (on the per-sample min-max range), contrast about the
+        mean, additive noise."""
         s, g = self.settings, self.generator
         n = image.shape[0]
+        if s.invert > 0:
+            flip = (torch.rand(n, generator=g, device=image.device) < s.invert).view(n, 1, 1, 1)
+            image = torch.where(flip, 2 * self.mid_grey - image, image)
         if s.gamma > 0:
             gamma = torch.exp(_uniform(n, -s.gamma, s.gamma, g)).view(n, 1, 1, 1)
             low = image.amin(dim=(1, 2, 3), keepdim=True)

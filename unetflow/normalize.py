@@ -86,6 +86,12 @@ class Normalization:
         return out
 
     @property
+    def mid_grey(self) -> float:
+        """The normalised value halfway between dark and bright (the percentile range maps to
+        0..1, z-scores centre on 0): what intensity inversion mirrors about."""
+        return 0.5 if self.method == "percentile" else 0.0
+
+    @property
     def fitted(self) -> bool:
         """Whether the recipe can normalise an image (zscore needs its training mean/std)."""
         return self.method == "percentile" or (self.mean is not None and self.std is not None)

@@ -1,12 +1,17 @@
 """Random training tiles from the dataset and weights stores.
 
-A sample is an output window placed uniformly over a training image (images chosen in proportion
-to their area, so every pixel is equally likely to be trained on), the input window around it
+A sample is an output window placed uniformly over a training image, the input window around it
 (the network's context margin on each side), and the class target and weight map under the
 output window (both from the weights stage, so the loss sees exactly the gapped target the
 weight map was computed on). Windows that leave the image are mirror-padded by ``unetflow.tiling.read_window``, the
 same mirroring inference uses, so the valid output reaches every border pixel. Each window
 is read ``border`` pixels wider on every side for the augmenter (see ``unetflow.augment``).
+
+Which image a sample comes from is ``train.sampling``: ``image`` draws every training image
+equally often (nnU-Net and Cellpose sample per case/image), so a dataset of many small crops of
+one kind and a few large images of another trains on both kinds; ``area`` draws images in
+proportion to their area, so every pixel is equally likely to be trained on (right for one large
+homogeneous acquisition, where images are arbitrary cuts of the same thing).
 
 Randomness comes only from the ``torch.Generator`` passed in (CPU), so a seed fixes the
 sequence and the generator's state is enough to resume it.
@@ -25,6 +30,7 @@ from unetflow.store import IMAGES, TARGETS, WEIGHTS, StoreError, open_store, sto
 from unetflow.tiling import read_window
 
 PRELOAD_BYTES = 2**30
+SAMPLING = ("image", "area")
 
 
 def open_split(
@@ -70,16 +76,22 @@ class TileSampler:
         margin: int,
         border: int,
         generator: torch.Generator,
+        sampling: str = "image",
     ) -> None:
         if not arrays:
             raise StoreError("no training images to sample from (is the train split empty?)")
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
         self.arrays = arrays
         self.out_size = out_size
         self.margin = margin
         self.border = border
         self.generator = generator
-        areas = torch.tensor([float(lab.shape[-2] * lab.shape[-1]) for _, lab, _ in arrays], dtype=torch.float64)
-        self.probabilities = areas / areas.sum()
+        if sampling == "area":
+            shares = torch.tensor([float(lab.shape[-2] * lab.shape[-1]) for _, lab, _ in arrays], dtype=torch.float64)
+        else:
+            shares = torch.ones(len(arrays), dtype=torch.float64)
+        self.probabilities = shares / shares.sum()
 
     def _origin(self, extent: int) -> int:
         """Output-window origin along an axis of length ``extent``, uniform over all placements."""

@@ -15,7 +15,7 @@ network's forward.
 out of the "same settings" check: raising either on a finished (or budget-stopped) run continues
 from its ``last.pt`` instead of starting again.
 
-Why this module is longer than the others (~430 lines): ``Trainer``'s set-up, loop and
+Why this module is longer than the others (~450 lines): ``Trainer``'s set-up, loop and
 checkpoint steps are named methods that all read and write the one run state listed above;
 split across modules they would hand that state back and forth. What needs none of it lives
 apart: the validation score (``unetflow.validation``), the generators' states
@@ -145,9 +145,6 @@ class Trainer:
         seed = int(self.cfg["seed"])
         self.sampler_generator = torch.Generator().manual_seed(seed + 1)
         self.augment_generator = torch.Generator(device=self.device).manual_seed(seed + 2)
-        self.augmenter = Augmenter(
-            AugmentSettings.from_config(self.cfg["augment"]), self.in_size, self.out_size, self.augment_generator
-        )
         train_names = split_names(data, "train")
         if not train_names:
             raise StoreError(
@@ -158,10 +155,22 @@ class Trainer:
         self.normalization = Normalization.from_settings(model_settings.get("normalization", {})).fit(
             {name: data[IMAGES][name] for name in train_names}
         )
+        self.augmenter = Augmenter(
+            AugmentSettings.from_config(self.cfg["augment"]),
+            self.in_size,
+            self.out_size,
+            self.augment_generator,
+            mid_grey=self.normalization.mid_grey,
+        )
         train_arrays = open_split(data_store, weights_store, train_names, self.normalization)
         self.val_arrays = open_split(data_store, weights_store, split_names(data, "val"), self.normalization)
         self.sampler = TileSampler(
-            train_arrays, self.out_size, self.model.margin, self.augmenter.border, self.sampler_generator
+            train_arrays,
+            self.out_size,
+            self.model.margin,
+            self.augmenter.border,
+            self.sampler_generator,
+            sampling=self.cfg["sampling"],
         )
 
     def _build_optimizer(self) -> None:
