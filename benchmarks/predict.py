@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from unetflow.devices import Precision, explicit_precisions, resolve_precision
 from unetflow.model import UNet, save_checkpoint
 from unetflow.normalize import Normalization
-from unetflow.predict import PredictOptions, predict_image, tile_layout
+from unetflow.inference import tile_layout
+from unetflow.predict import PredictOptions, predict_image
 from unetflow.store import write_dataset
 from unetflow.synthetic import render_region
 from unetflow.tiling import ChunkGrid, read_window

@@ -167,7 +167,7 @@ def run_child(args: argparse.Namespace, work: Path, stage: str, kill_when=None, 
 
 def bench_source(args: argparse.Namespace, work: Path) -> list[tuple[str, dict]]:
     """Make, ingest and predict one slide; then the raw-forward sample and the kill/resume check."""
-    from unetflow.predict import DONE_DIR, PARTIAL
+    from unetflow.prediction_store import DONE_DIR, PARTIAL
 
     rows = [("make", run_child(args, work, f"make-{args.source}"))]
     rows.append(("ingest", run_child(args, work, "ingest")))

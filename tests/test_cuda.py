@@ -19,7 +19,8 @@ from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.config import stage_settings
 from unetflow.io.ome_zarr import PROBABILITIES, SEMANTIC, level_path
 from unetflow.model import UNet, save_checkpoint
-from unetflow.predict import PredictOptions, TilePredictor, predict_image
+from unetflow.inference import TilePredictor
+from unetflow.predict import PredictOptions, predict_image
 from unetflow.store import write_dataset
 from unetflow.train import Trainer
 

@@ -4,43 +4,43 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dask
+import dask.array
 import numpy as np
 import pytest
 import torch
 import zarr
 from scipy import ndimage
 
+import unetflow
 import unetflow.normalize as normalize_module
 import unetflow.predict as predict_module
 from unetflow.commands import predict as predict_command
 from unetflow.config import ConfigError
 from unetflow.devices import cpu_bf16_supported, resolve_precision
 from unetflow.io.errors import InputError
+from unetflow.io.chunked_instances import instance_labels
 from unetflow.io.ome_zarr import (
     INSTANCES,
     SEMANTIC,
     create_prediction,
     downsample,
-    instance_labels,
     level_path,
     open_ome_image,
 )
 from unetflow.model import UNet, save_checkpoint
 from unetflow.instances import InstanceRule, grow_seeds
 from unetflow.normalize import Normalization
-from unetflow.predict import (
-    DIHEDRAL,
-    CachedChunks,
-    PredictOptions,
-    dihedral,
-    marker,
-    predict_image,
-    tile_layout,
-    undihedral,
-)
+from unetflow.chunk_cache import CachedChunks
+from unetflow.inference import DIHEDRAL, dihedral, tile_layout, undihedral
+from unetflow.predict import PredictOptions, predict_image
+from unetflow.prediction_store import DONE_DIR, marker
 from unetflow.io.pixel_size import PixelSize
 from unetflow.store import write_dataset
 from unetflow.tiling import read_window
@@ -254,7 +254,10 @@ def test_killed_run_resumes_without_recomputing_written_chunks(
     probs = open_ome_image(out).levels[0][:]
     assert np.abs(probs - _whole_image(net, image, net.margin)).max() <= 1e-4
 
-    recomputed.clear()  # a complete output with the same model and settings is not redone
+    recomputed.clear()  # a complete output with the same model and settings is not redone,
+    monkeypatch.setattr(  # not even its image statistics (a whole slide's are a streamed pass over it)
+        Normalization, "statistics", lambda *a: pytest.fail("statistics computed for a complete prediction")
+    )
     predict_image(tmp_path / "m.pt", store, "a", out, options)
     assert recomputed == []
 
@@ -404,7 +407,7 @@ def test_output_is_ngff_with_pyramids_and_labels(tmp_path: Path) -> None:
     assert _same_partition(instances.levels[0][:], ndimage.label(semantic > 0)[0])
     np.testing.assert_array_equal(instances.levels[1][:], instances.levels[0][::2, ::2])
     assert image.attrs["kind"] == "prediction" and image.attrs["complete"] is True
-    assert not (out / predict_module.DONE_DIR).exists()
+    assert not (out / DONE_DIR).exists()
 
     ome_zarr = pytest.importorskip("ome_zarr.reader")
     from ome_zarr.io import parse_url
@@ -580,6 +583,27 @@ def test_cli_writes_one_ome_zarr_per_validation_image(tmp_path: Path) -> None:
     assert open_ome_image(out / "b.ome.zarr").levels[0].shape == (2, 70, 40)
     assert_valid_ngff(out / "b.ome.zarr")
     assert not out.with_name("val.partial").exists()
+
+
+def test_cli_log_of_a_2048_slide_is_short_and_ends_at_100_percent(tmp_path: Path) -> None:
+    """A predict job's log (stderr a file, not a terminal) stays readable: no bar redraws."""
+    _model(tmp_path / "m.pt")
+    tile = _image(256, 256)
+    slide = dask.array.tile(dask.array.from_array(tile, chunks=(1, 256, 256)), (1, 8, 8))
+    store = write_dataset(tmp_path / "slide.zarr", {"giant": slide}, chunk=512)
+    out = tmp_path / "predictions"
+    settings = {"device": "cpu", "chunk": 512, "precision": "fp32"}  # 16 chunks, progress lines every 30 s
+    done = subprocess.run(
+        [sys.executable, "-m", "unetflow", "predict", str(tmp_path / "m.pt"), str(store), str(out), "--settings", json.dumps(settings)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(Path(unetflow.__file__).parents[1])},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert 0 < len(lines) < 30, done.stderr
+    assert "\r" not in done.stderr  # no redrawn bar
+    final = [line for line in lines if "predict giant: " in line and "tasks (100%)" in line]
+    assert final, done.stderr
+    assert open_ome_image(out / "giant.ome.zarr").attrs["complete"] is True
 
 
 def test_killed_store_prediction_keeps_finished_images_for_the_rerun(

@@ -207,14 +207,14 @@ def test_slurm_workers_predict_exactly_like_threads(
 ) -> None:
     before = {job["JobId"] for job in _worker_jobs(cluster)}
     out = tmp_path / "slurm.ome.zarr"
-    with caplog.at_level(logging.INFO, logger="unetflow.scheduling"):
+    with caplog.at_level(logging.INFO, logger="unetflow.progress"):
         predict_image(slide["model"], slide["store"], "giant", out, _options("slurm", tmp_path / "logs", cluster.partition))
     _assert_same_prediction(out, slide["reference"])
     ran = [job for job in _worker_jobs(cluster) if job["JobId"] not in before]
     assert len(ran) == WORKER_JOBS, f"expected {WORKER_JOBS} worker jobs, SLURM ran {[j['JobId'] for j in ran]}"
     assert all(job["Partition"] == cluster.partition and job["NumCPUs"] == "1" for job in ran)
     lines = [r.getMessage() for r in caplog.records if "workers alive" in r.getMessage()]
-    assert lines and lines[-1].startswith(f"predict giant: {(SLIDE // CHUNK) ** 2}/{(SLIDE // CHUNK) ** 2} (100%) done")
+    assert lines and lines[-1].startswith(f"predict giant: {(SLIDE // CHUNK) ** 2}/{(SLIDE // CHUNK) ** 2} chunks (100%)")
     assert len(list((tmp_path / "logs").glob("*.out"))) == WORKER_JOBS  # the workers' SLURM output
     _assert_no_workers_left()
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import zarr
 
-import unetflow.train as train_module
+import unetflow.validation as validation_module
 from unetflow.cli import main
 from unetflow.config import stage_settings
 from unetflow.ingest import make_split
@@ -105,8 +105,8 @@ def test_validation_over_tiles_equals_whole_image_evaluation(tmp_path: Path, mon
         losses.append(weighted_cross_entropy(logits, target[None].long(), torch.from_numpy(weight)[None]).item())
         pred = logits[0].argmax(0) > 0
         inter, union = inter + int((pred & target).sum()), union + int((pred | target).sum())
-    monkeypatch.setattr(train_module, "VAL_TILE", 8)  # many tiles ...
-    monkeypatch.setattr(train_module, "VAL_CHUNK", 24)  # ... in several regions per image
+    monkeypatch.setattr(validation_module, "VAL_TILE", 8)  # many tiles ...
+    monkeypatch.setattr(validation_module, "VAL_CHUNK", 24)  # ... in several regions per image
     loss, iou = trainer.validate()
     assert loss == pytest.approx(np.mean(losses), rel=1e-4)
     assert iou == pytest.approx(inter / union)

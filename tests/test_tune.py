@@ -20,7 +20,7 @@ from unetflow.io.ome_zarr import create_prediction, level_path
 from unetflow.metrics import evaluate_segmentation
 from unetflow.model import UNet, save_checkpoint
 from unetflow.postprocess import tuned_objects
-from unetflow.predict import argmax_classes
+from unetflow.inference import argmax_classes
 from unetflow.store import write_dataset
 from unetflow.targets import TargetSettings, targets
 from unetflow.tune import tune

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from unetflow import __version__
@@ -32,14 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-LOG_PROGRESS_INTERVAL_S = "30"
-
-
 def main(argv: list[str] | None = None) -> int:
-    if not sys.stderr.isatty():
-        # Writing to a log file (a Snakemake job): a progress line every 30 s, not every 0.1 s,
-        # keeps logs readable. tqdm reads its defaults from TQDM_* variables.
-        os.environ.setdefault("TQDM_MININTERVAL", LOG_PROGRESS_INTERVAL_S)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -26,12 +26,12 @@ import json
 import math
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from unetflow import postprocess
 from unetflow.instances import InstanceRule, remove_small
@@ -39,6 +39,7 @@ from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import open_ome_image
 from unetflow.metrics import count_scores, evaluate_segmentation, threshold_key
 from unetflow.postprocess import tuned_objects
+from unetflow.progress import track
 from unetflow.plots.evaluation import overlay_rgb, plot_metrics, plot_overlays, save_rgb
 from unetflow.store import (
     IMAGES,
@@ -163,6 +164,59 @@ def summarize(table: pd.DataFrame, thresholds: Sequence[float]) -> dict[str, Any
     }
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What scoring a split gives: one metrics row per image and the overlays to show."""
+
+    table: pd.DataFrame
+    thresholds: list[float]
+    overlays: list[tuple[str, np.ndarray]]  # (image name, RGB overlay) of the first ``overlays`` images
+
+
+def score_split(
+    store: Any, names: Sequence[str], paths: Sequence[Path], settings: dict[str, Any], tuned: dict[str, Any] | None
+) -> Scores:
+    """Score every image's post-processed prediction against its ground truth (nothing is written)."""
+    thresholds = list(settings["iou_thresholds"])
+    rows, overlays = [], []
+    for name, path in track(list(zip(names, paths)), "evaluate", "images"):
+        gt = np.asarray(store[f"{LABELS}/{name}"][...])
+        pred = predicted_instances(path, name, gt.shape, settings, tuned)
+        rows.append({"image": name, **evaluate_segmentation(gt, pred, thresholds)})
+        if len(overlays) < settings["overlays"]:
+            overlays.append((name, overlay_rgb(np.asarray(store[f"{IMAGES}/{name}"][...]), gt, pred)))
+    return Scores(pd.DataFrame(rows), thresholds, overlays)
+
+
+def write_evaluation(
+    scores: Scores,
+    summary: dict[str, Any],
+    out_dir: str | Path,
+    plot: str | Path | None = None,
+    overlay_plot: str | Path | None = None,
+) -> None:
+    """Write per_image.csv, summary.json and overlays/ into ``out_dir``, and the report figures,
+    each atomically: all of them appear or, on an error, none."""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_output(out_dir))
+        tmp.mkdir()
+        scores.table.to_csv(tmp / "per_image.csv", index=False)
+        (tmp / "summary.json").write_text(json.dumps(undefined_as_null(summary), indent=2, allow_nan=False) + "\n")
+        (tmp / "overlays").mkdir()
+        for name, rgb in scores.overlays:
+            save_rgb(rgb, tmp / "overlays" / f"{name}.png")
+        if plot is not None:
+            plot_metrics(summary, stack.enter_context(atomic_output(plot)))
+        if overlay_plot is not None:
+            first = scores.thresholds[0]
+            f1 = threshold_key("f1", first)
+            captions = [
+                f"{name}: mean AP {row['mean_ap']:.2f}, F1 (IoU > {first:g}) {row[f1]:.2f}"
+                for (name, _), (_, row) in zip(scores.overlays, scores.table.iterrows())
+            ]
+            plot_overlays([rgb for _, rgb in scores.overlays], captions, stack.enter_context(atomic_output(overlay_plot)))
+
+
 def evaluate(
     data_store: str | Path,
     pred_dir: str | Path,
@@ -174,7 +228,8 @@ def evaluate(
     overlay_plot: str | Path | None = None,
     tuned: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every image of ``split``; write ``out_dir`` (and the figures) atomically.
+    """Evaluate every image of ``split`` (``score_split``); write ``out_dir`` and the figures
+    atomically (``write_evaluation``).
 
     ``tuned`` is the tune stage's tuned.json (``unetflow.tune.load_tuned``), used by
     ``postprocess: tuned``; None there means the defaults. Returns the summary written to
@@ -190,46 +245,20 @@ def evaluate(
     if not names:
         raise StoreError(f"{data_store}: the {split!r} split is empty; nothing to evaluate")
     paths = prediction_paths(pred_dir, names, split)
-    thresholds = list(settings["iou_thresholds"])
-
-    rows, overlays = [], []
-    for name, path in tqdm(list(zip(names, paths)), desc="evaluate", unit="image"):
-        gt = np.asarray(store[f"{LABELS}/{name}"][...])
-        pred = predicted_instances(path, name, gt.shape, settings, tuned)
-        rows.append({"image": name, **evaluate_segmentation(gt, pred, thresholds)})
-        if len(overlays) < settings["overlays"]:
-            overlays.append((name, overlay_rgb(np.asarray(store[f"{IMAGES}/{name}"][...]), gt, pred)))
-    table = pd.DataFrame(rows)
+    scored = score_split(store, names, paths, settings, tuned)
     summary = {
         "split": split,
         "val_doubles_as_test": doubled,
         "images": names,
         "postprocess": postprocess_settings(settings, tuned),
-        **summarize(table, thresholds),
+        **summarize(scored.table, scored.thresholds),
         "inputs": {"data_store": str(data_store), "predictions": str(pred_dir)},
     }
-
-    with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(atomic_output(out_dir))
-        tmp.mkdir()
-        table.to_csv(tmp / "per_image.csv", index=False)
-        (tmp / "summary.json").write_text(json.dumps(undefined_as_null(summary), indent=2, allow_nan=False) + "\n")
-        (tmp / "overlays").mkdir()
-        for name, rgb in overlays:
-            save_rgb(rgb, tmp / "overlays" / f"{name}.png")
-        if plot is not None:
-            plot_metrics(summary, stack.enter_context(atomic_output(plot)))
-        if overlay_plot is not None:
-            f1 = threshold_key("f1", thresholds[0])
-            captions = [
-                f"{name}: mean AP {row['mean_ap']:.2f}, F1 (IoU > {thresholds[0]:g}) {row[f1]:.2f}"
-                for (name, _), row in zip(overlays, rows)
-            ]
-            plot_overlays([rgb for _, rgb in overlays], captions, stack.enter_context(atomic_output(overlay_plot)))
+    write_evaluation(scored, summary, out_dir, plot, overlay_plot)
     log.info(
         "%d images: pixel error %.4f, Rand error %.4f, mean AP %.3f, %s %.3f (postprocess %s)",
-        len(rows), summary["pixel_error"], summary["rand_error"], summary["mean_ap"],
-        threshold_key("f1", thresholds[0]), summary["curves"]["f1"][0], settings["postprocess"],
+        len(scored.table), summary["pixel_error"], summary["rand_error"], summary["mean_ap"],
+        threshold_key("f1", scored.thresholds[0]), summary["curves"]["f1"][0], settings["postprocess"],
     )
     return summary
 

@@ -12,7 +12,7 @@ holds what those tools need to run our net without unetflow:
 * the normalisation recipe as the spec's preprocessing: per-image percentiles are ``scale_range``
   over each channel, a fitted zscore is ``fixed_zero_mean_unit_variance`` per channel;
 * test tensors: a crop of a real image of the data store and the probabilities *our* predictor
-  (``unetflow.predict.TilePredictor``) computes for it after normalising it by the recipe, so
+  (``unetflow.inference.TilePredictor``) computes for it after normalising it by the recipe, so
   bioimage.io's ``test_model`` checks that its runtime reproduces unetflow;
 * a cover image (the evaluation overlays when given, else the test crop beside its prediction)
   and documentation: the preprocessing, how instances are formed from the classes (no bioimage.io
@@ -42,13 +42,13 @@ import yaml
 
 from unetflow.config import ConfigError
 from unetflow.devices import resolve_precision
+from unetflow.export_readme import CLASS_NAMES, documentation, input_sizes
 from unetflow.io.errors import InputError
 from unetflow.model import UNet, load_checkpoint
 from unetflow.normalize import Normalization, apply
 from unetflow.plots.common import display_image
 from unetflow.plots.evaluation import save_rgb
-from unetflow.instances import InstanceRule
-from unetflow.predict import TilePredictor, _load_for_checks
+from unetflow.inference import TilePredictor, load_trained_model
 from unetflow.store import IMAGES, atomic_output, open_store, split_names
 from unetflow.tiling import read_window
 
@@ -63,7 +63,6 @@ UNET_CITATION = {
     "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. MICCAI 2015",
     "doi": "10.1007/978-3-319-24574-4_28",
 }
-CLASS_NAMES = {2: ["background", "object"], 3: ["background", "interior", "boundary"]}
 
 
 @dataclass(frozen=True)
@@ -93,11 +92,6 @@ class Probabilities(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.net(x), dim=1)
-
-
-def input_sizes(model: UNet) -> tuple[int, int]:
-    """(smallest valid input edge, step between valid edges): the spec's ``ParameterizedSize``."""
-    return model.input_size(model.valid_output_size(1)), 2 ** (model.depth - 1)
 
 
 def crop_edge(model: UNet, wanted: int) -> int:
@@ -219,98 +213,6 @@ def write_cover(folder: Path, crop: np.ndarray, probs: np.ndarray, overlays: Pat
     return "cover.png"
 
 
-def documentation(
-    settings: ExportSettings,
-    model: UNet,
-    recipe: Normalization,
-    checkpoint: dict[str, Any],
-    rule: InstanceRule,
-    summary: dict[str, Any] | None,
-    source: str,
-) -> str:
-    """README.md of the package: what goes in, what comes out, how objects are made, how well."""
-    smallest, step = input_sizes(model)
-    if recipe.method == "percentile":
-        pre = (
-            f"Per image and channel, `(x - p{recipe.low:g}) / (p{recipe.high:g} - p{recipe.low:g})` with the "
-            f"image's own percentiles {recipe.low:g} and {recipe.high:g} (bioimage.io `scale_range` over y, x). "
-            "Compute the percentiles over the whole image, not per tile, when you tile a large image yourself."
-        )
-    else:
-        pre = f"Per channel, `(x - mean) / std` with the training images' mean {list(recipe.mean or [])} and std {list(recipe.std or [])}."
-    target = checkpoint.get("recipe", {}).get("target", {})
-    n_classes = model.config["n_classes"]
-    if n_classes == 3:
-        objects = (
-            f"Objects: the connected regions of class 1 (interior) are seeds, grown by up to {rule.grow} pixels "
-            f"through the foreground (classes 1 and 2) and widened by {rule.expand} pixels where no other object "
-            "is, so touching objects separate along the predicted boundary."
-        )
-    else:
-        objects = (
-            "Objects: the connected regions where class 1 (object) is most probable"
-            + (f", grown by up to {rule.grow} pixels" if rule.grow else "")
-            + (f" and widened by {rule.expand} pixels" if rule.expand else "")
-            + "."
-        )
-    lines = [
-        f"# {settings.name}",
-        "",
-        settings.description,
-        "",
-        "A U-Net (Ronneberger et al. 2015) with valid convolutions, trained and exported by unetflow "
-        f"(depth {model.config['depth']}, {model.config['base_channels']} base channels, {n_classes} classes).",
-        "",
-        "## Input",
-        "",
-        f"(batch, channel, y, x) float32 with {model.config['in_channels']} channel(s). Valid edges are "
-        f"{smallest} + n * {step}; the output is {2 * model.margin} pixels smaller per axis (the context "
-        f"margin of {model.margin} pixels per side is used up by the valid convolutions). To segment a whole "
-        "image, tile it with overlapping inputs (mirror the image at its border), as unetflow's predictor does.",
-        "",
-        "## Preprocessing",
-        "",
-        pre,
-        "",
-        "## Output and post-processing",
-        "",
-        f"Class probabilities (softmax over channels): {', '.join(CLASS_NAMES.get(n_classes, []))}. "
-        "The class is the most probable one. bioimage.io has no operation for the instance step, so "
-        "tools stop at the probabilities; unetflow forms instances as follows.",
-        "",
-        objects,
-        "",
-        f"Training target: {json.dumps(target, sort_keys=True)}. "
-        f"Object size of the training set: {json.dumps(checkpoint.get('recipe', {}).get('object_size'), sort_keys=True)}.",
-        "",
-        "## Test metrics",
-        "",
-    ]
-    if summary is None:
-        lines.append("Not measured: the model was exported without an evaluation.")
-    else:
-        keys = [k for k in ("pixel_error", "rand_error", "mean_ap") if isinstance(summary.get(k), (int, float))]
-        keys += sorted(k for k in summary if k.startswith(("f1", "seg")) and isinstance(summary[k], (int, float)))
-        caveat = " (its val images double as test: optimistic)" if summary.get("val_doubles_as_test") else ""
-        lines += [
-            f"Measured by unetflow on the {summary.get('split')} split, {len(summary.get('images', []))} image(s)"
-            f"{caveat}, objects post-processed by {json.dumps(summary.get('postprocess'), sort_keys=True)}:",
-            "",
-            "| metric | value |",
-            "|---|---|",
-            *[f"| {key} | {summary[key]:.4f} |" for key in keys],
-        ]
-    lines += [
-        "",
-        "## Test tensors",
-        "",
-        f"`test_input.npy` is a crop of image `{source}`; `test_output.npy` is what unetflow's own predictor "
-        "computes for it after the preprocessing above.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 # -- the package ------------------------------------------------------------------------------------
 def export_bioimageio(
     model_dir: str | Path,
@@ -331,7 +233,7 @@ def export_bioimageio(
     options = ExportSettings.from_settings(settings)
     _require_export_extra()
     model_dir, data_store, out = Path(model_dir), Path(data_store), Path(out)
-    model, recipe, rule = _load_for_checks(model_dir)
+    model, recipe, rule = load_trained_model(model_dir)
     checkpoint = load_checkpoint(model_dir)
     summary = None
     if evaluation is not None:
@@ -358,7 +260,7 @@ def export_bioimageio(
         weights = write_weights(model, torch.from_numpy(normalised[None]), tmp)
         inputs, outputs = tensor_descriptions(model, recipe, tmp)
         cover = write_cover(tmp, crop, probs[0], None if overlays is None else Path(overlays))
-        (tmp / "README.md").write_text(documentation(options, model, recipe, checkpoint, rule, summary, source))
+        (tmp / "README.md").write_text(documentation(options.name, options.description, model, recipe, checkpoint, rule, summary, source))
         rdf = {
             "type": "model",
             "format_version": spec_version(),

@@ -13,7 +13,7 @@ A 3-class (background / interior / boundary) model's objects are its interior re
 through the foreground one pixel per step, so two touching cells meet along their predicted
 boundary; a model trained on gapped targets also draws touching objects a little short, which
 ``expand`` gives back. Every step is local (a pixel depends only on pixels within the steps), so
-a giant slide is grown chunk by chunk with that halo (``unetflow.io.ome_zarr.grow_chunk``) and
+a giant slide is grown chunk by chunk with that halo (``unetflow.io.chunked_instances.grow_chunk``) and
 gives exactly the whole-image result.
 """
 
@@ -60,7 +60,7 @@ class InstanceRule:
 
     def objects(self, probabilities: np.ndarray) -> np.ndarray:
         """int32 objects 1..n of a whole (C, Y, X) probability map; the chunked predictor
-        (``unetflow.io.ome_zarr.instance_labels``) gives the same objects slide-wide."""
+        (``unetflow.io.chunked_instances.instance_labels``) gives the same objects slide-wide."""
         seeds, _ = ndimage.label(self.seeds(probabilities), structure=CONNECTIVITY, output=np.int32)
         if self.grow or self.expand:
             seeds = grow_seeds(seeds, self.foreground(probabilities), self.grow, self.expand)

@@ -18,7 +18,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import dask
 
 from unetflow.devices import pick_device
+from unetflow.progress import DaskProgress, Progress
 from unetflow.store import StoreError
 
 if TYPE_CHECKING:
@@ -37,9 +37,9 @@ WORKER_JOB_NAME = "unetflow-dask"
 """SLURM job name of the worker jobs (what ``squeue -n`` finds)."""
 
 FAILURE_CHECK_S = 1.0
-"""How often a distributed run checks for a failed task (between progress lines)."""
+"""How often a distributed run checks for a failed task and updates its progress."""
 
-Progress = Callable[[], tuple[int, int]]
+ProgressSource = Callable[[], tuple[int, int]]
 """Returns (done, total) units of work of a running computation, e.g. chunks written."""
 
 
@@ -226,51 +226,46 @@ class DaskRunner:
             )
         return self.client.submit(resolved_device, device, pure=False).result()
 
-    def __call__(self, tasks: Sequence[Any], label: str, progress: Progress | None = None, width: int = 0) -> list[Any]:
+    def __call__(self, tasks: Sequence[Any], label: str, progress: ProgressSource | None = None, width: int = 0) -> list[Any]:
         """Compute ``tasks`` (``dask.delayed`` objects) and return their results in order.
 
-        ``progress`` reports (done, total) for the log line of a distributed run; ``width`` is
-        how many tasks can run in parallel (the chunks), which a SLURM cluster scales to.
+        Progress (``unetflow.progress``: a bar on a terminal, a line every ``progress_s`` seconds
+        in a log file) counts the graph's tasks on the threaded scheduler, and ``progress``'s
+        (done, total) units on a distributed one, whose tasks run elsewhere; ``width`` is how
+        many tasks can run in parallel (the chunks), which a SLURM cluster scales to.
         """
         if not tasks:
             return []
         log.info("%s", label)
         if self.client is None:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(out=sys.stderr):
+            with Progress(label, 0, "tasks", every_s=self.options.progress_s) as shown, DaskProgress(shown):
                 return list(dask.compute(*tasks, scheduler="threads", num_workers=self.options.chunks_in_flight))
         if self.options.scheduler == "slurm" and width > 0:
             self._scale(width)
         futures = self.client.compute(list(tasks))
-        self._wait_logging(futures, label, progress)
+        self._wait_showing(futures, label, progress)
         return self.client.gather(futures)
 
-    def _wait_logging(self, futures: list[Any], label: str, progress: Progress | None) -> None:
+    def _wait_showing(self, futures: list[Any], label: str, progress: ProgressSource | None) -> None:
         """Wait for ``futures`` or the first failed one (the rest would run on for nothing),
-        logging one line every ``progress_s`` seconds and one at the end: done/total, percent,
-        workers alive, elapsed time (a log file gets lines, not redraws)."""
+        showing done/total and the workers alive whenever the progress is due (every
+        ``FAILURE_CHECK_S`` on a terminal, every ``progress_s`` in a log file) and at the end."""
         from distributed import wait
 
-        start = time.monotonic()
-        next_line = start + self.options.progress_s
-        while True:
-            try:
-                with self.client.as_current():  # ``wait`` finds its client there, not as a global default
-                    wait(futures, timeout=FAILURE_CHECK_S)
-                finished = True
-            except TimeoutError:
-                finished = any(future.status == "error" for future in futures)
-            now = time.monotonic()
-            if finished or now >= next_line:
-                done, total = progress() if progress else (sum(f.done() for f in futures), len(futures))
-                log.info(
-                    "%s: %d/%d (%.0f%%) done, %d workers alive, %.0f s",
-                    label, done, total, 100 * done / max(total, 1), len(self.client.nthreads()), now - start,
-                )  # fmt: skip
-                next_line = now + self.options.progress_s
-            if finished:
-                return
+        unit = "chunks" if progress else "tasks"
+        with Progress(label, len(futures), unit, every_s=self.options.progress_s) as shown:
+            while True:
+                try:
+                    with self.client.as_current():  # ``wait`` finds its client there, not as a global default
+                        wait(futures, timeout=FAILURE_CHECK_S)
+                    finished = True
+                except TimeoutError:
+                    finished = any(future.status == "error" for future in futures)
+                if finished or shown.due():
+                    done, total = progress() if progress else (sum(f.done() for f in futures), len(futures))
+                    shown.set(done, total, note=f"{len(self.client.nthreads())} workers alive")
+                if finished:
+                    return
 
 
 @contextlib.contextmanager

@@ -27,8 +27,8 @@ import numpy as np
 import zarr
 from numba import njit, prange
 from scipy import ndimage
-from tqdm import tqdm
 
+from unetflow.progress import track
 from unetflow.store import atomic_output
 
 _WAVES = 6  # sinusoids summed for each smooth field
@@ -260,7 +260,7 @@ def write_giant_slide(path: str | Path, size: int, chunk: int, seed: int, style:
         )
         array.attrs["unetflow_synthetic"] = {"seed": seed, "size": size, "style": style.__dict__}
         origins = [(y, x) for y in range(0, size, chunk) for x in range(0, size, chunk)]
-        for y, x in tqdm(origins, desc="synthetic slide", unit="chunk"):
+        for y, x in track(origins, "synthetic slide", "chunks"):
             h, w = min(chunk, size - y), min(chunk, size - x)
             image, _ = render_region(seed, y, x, h, w, style)
             array[0, y : y + h, x : x + w] = image

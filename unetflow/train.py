@@ -14,6 +14,12 @@ network's forward.
 ``train.steps`` and ``train.minutes`` set how long the run goes, not what it is, so they are left
 out of the "same settings" check: raising either on a finished (or budget-stopped) run continues
 from its ``last.pt`` instead of starting again.
+
+Why this module is longer than the others (~450 lines): ``Trainer``'s set-up, loop and
+checkpoint steps are named methods that all read and write the one run state listed above;
+split across modules they would hand that state back and forth. What needs none of it lives
+apart: the validation score (``unetflow.validation``), the generators' states
+(``unetflow.rng_state``), tile sampling, augmentation and the learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -23,36 +29,31 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from unetflow import rng_state
 from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.config import ConfigError
 from unetflow.devices import pick_device, resolve_precision
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.normalize import Normalization
+from unetflow.progress import Progress
 from unetflow.sampling import TileSampler, open_split
-from unetflow.predict import TilePredictor, argmax_classes, predict_region, tile_layout
 from unetflow.schedule import lr_factor
 from unetflow.store import IMAGES, StoreError, atomic_output, open_store, split_names, store_meta
-from unetflow.tiling import ChunkGrid
+from unetflow.validation import validation_scores
 
 log = logging.getLogger(__name__)
 
 METRICS_CSV = "metrics.csv"
 METRIC_FIELDS = ("step", "train_loss", "val_loss", "val_iou", "lr")
-VAL_TILE = 256  # validation output tile edge: fewer, larger tiles than training uses
-VAL_CHUNK = 1024  # validation runs region by region, so a large validation image never sits whole in memory
 LENGTH_KEYS = ("steps", "minutes")  # how long a run trains, not what it trains: not compared on resume
 
 
@@ -75,19 +76,6 @@ def comparable_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return {**settings, "train": {k: v for k, v in settings["train"].items() if k not in LENGTH_KEYS}}
 
 
-def _numpy_state() -> dict[str, Any]:
-    """NumPy's global RNG state with plain Python values (loadable with ``weights_only``)."""
-    state = np.random.get_state(legacy=False)
-    state["state"] = {"key": state["state"]["key"].tolist(), "pos": state["state"]["pos"]}
-    return state
-
-
-def _set_numpy_state(state: dict[str, Any]) -> None:
-    state = dict(state)
-    state["state"] = {"key": np.asarray(state["state"]["key"], dtype=np.uint32), "pos": state["state"]["pos"]}
-    np.random.set_state(state)
-
-
 class Trainer:
     """One training run in ``work_dir``; ``run()`` trains to ``train["steps"]``, resuming if asked."""
 
@@ -103,20 +91,33 @@ class Trainer:
     ) -> None:
         self.work_dir = Path(work_dir)
         self.settings = {"model": dict(model_settings), "train": dict(train_settings)}
-        cfg = train_settings
-        self.cfg = cfg
-        self.device = pick_device(cfg["device"])
-        self.precision = resolve_precision(cfg["precision"], self.device)
-        if cfg["num_threads"] > 0:
-            torch.set_num_threads(cfg["num_threads"])
+        self.cfg = train_settings
+        self._set_up_device()
+        rng_state.seed_everything(int(self.cfg["seed"]))
+        data, weights_meta = self._read_inputs(data_store, weights_store)
+        self._build_model(model_settings, int(weights_meta["n_classes"]))
+        self._build_sampling(data, data_store, weights_store, model_settings)
+        self._build_optimizer()
+        self.step = 0
+        self.best_iou = -math.inf
+        self.history: list[dict[str, Any]] = []
+        self.elapsed_s = 0.0  # training wall-clock time of all sessions of this run, up to the last checkpoint
+        self._session_start = self.clock()
+        self._session_base = 0.0
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def _set_up_device(self) -> None:
+        """Device, precision and CPU threads of the run."""
+        self.device = pick_device(self.cfg["device"])
+        self.precision = resolve_precision(self.cfg["precision"], self.device)
+        if self.cfg["num_threads"] > 0:
+            torch.set_num_threads(self.cfg["num_threads"])
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-        seed = int(cfg["seed"])
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-
+    def _read_inputs(self, data_store: str | Path, weights_store: str | Path) -> tuple[Any, dict[str, Any]]:
+        """The dataset group and the weight maps' metadata; what identifies them for resume
+        (``inputs``) and the recipe predict needs to form objects, which travels with the weights."""
         data = open_store(data_store, "dataset")
         self.meta = store_meta(data)
         # What the run trains on: re-ingested data or recomputed weight maps (new provenance or
@@ -125,16 +126,23 @@ class Trainer:
         self.inputs = {"data": self.meta, "weights": weights_meta}
         if "target" not in weights_meta:
             raise StoreError(f"{weights_store}: has no class targets (written by an older unetflow); run the weights stage again")
-        # What predict needs to turn the model's classes into objects travels with the weights.
         self.recipe = {key: weights_meta[key] for key in ("target", "instances", "object_size")}
+        return data, weights_meta
+
+    def _build_model(self, model_settings: dict[str, Any], n_classes: int) -> None:
+        """The U-Net on the device in the run's precision, and its training tile sizes."""
         architecture = {k: v for k, v in model_settings.items() if k != "normalization"}
-        model = UNet(
-            in_channels=int(self.meta["channels"]), n_classes=int(weights_meta["n_classes"]), **architecture
-        ).to(self.device)
+        model = UNet(in_channels=int(self.meta["channels"]), n_classes=n_classes, **architecture).to(self.device)
         self.model = self.precision.prepare_model(model)
-        self.out_size = self.model.valid_output_size(cfg["tile"])
+        self.out_size = self.model.valid_output_size(self.cfg["tile"])
         self.in_size = self.model.input_size(self.out_size)
 
+    def _build_sampling(
+        self, data: Any, data_store: str | Path, weights_store: str | Path, model_settings: dict[str, Any]
+    ) -> None:
+        """Normalisation fitted on the train split, the tile sampler and augmenter with their own
+        seeded generators, and the validation arrays."""
+        seed = int(self.cfg["seed"])
         self.sampler_generator = torch.Generator().manual_seed(seed + 1)
         self.augment_generator = torch.Generator(device=self.device).manual_seed(seed + 2)
         train_names = split_names(data, "train")
@@ -148,7 +156,7 @@ class Trainer:
             {name: data[IMAGES][name] for name in train_names}
         )
         self.augmenter = Augmenter(
-            AugmentSettings.from_config(cfg["augment"]),
+            AugmentSettings.from_config(self.cfg["augment"]),
             self.in_size,
             self.out_size,
             self.augment_generator,
@@ -162,24 +170,20 @@ class Trainer:
             self.model.margin,
             self.augmenter.border,
             self.sampler_generator,
-            sampling=cfg["sampling"],
+            sampling=self.cfg["sampling"],
         )
 
+    def _build_optimizer(self) -> None:
+        """SGD or Adam over the model's parameters, and the fp16 gradient scaler."""
         params = self.model.parameters()
-        if cfg["optimizer"] == "sgd":
+        if self.cfg["optimizer"] == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+                params, lr=self.cfg["lr"], momentum=self.cfg["momentum"], weight_decay=self.cfg["weight_decay"]
             )
         else:
-            self.optimizer = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+            self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"], weight_decay=self.cfg["weight_decay"])
         # bf16 has fp32's exponent range, so only fp16 needs its gradients scaled.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.dtype == torch.float16)
-        self.step = 0
-        self.best_iou = -math.inf
-        self.history: list[dict[str, Any]] = []
-        self.elapsed_s = 0.0  # training wall-clock time of all sessions of this run, up to the last checkpoint
-        self._session_start = self.clock()
-        self._session_base = 0.0
 
     # -- one step ----------------------------------------------------------------------------------
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -215,50 +219,16 @@ class Trainer:
         return value
 
     def validate(self) -> tuple[float, float]:
-        """Weighted loss per pixel and pooled foreground IoU over the whole validation images.
-
-        Predictions come from the predict stage's overlap-tile code (``predict_region``), so the
-        validation score is the score of the model as it will be used, borders included.
-        """
-        predictor = TilePredictor(self.model, self.device, self.precision)  # puts the model in eval mode
-        loss_sum, pixels, inter, union = 0.0, 0, 0, 0
-        for image, label, weight in self.val_arrays:
-            height, width = label.shape
-            layout = tile_layout(self.model, VAL_TILE, VAL_CHUNK, height, width)
-            for _, region in ChunkGrid(height, width, VAL_CHUNK):
-                probs = predict_region(predictor, image, layout, region, self.cfg["batch_size"], tta=False)
-                target = np.asarray(label[region.slices]).astype(np.intp)
-                p_target = np.take_along_axis(probs, target[None], axis=0)[0]
-                w = np.asarray(weight[region.slices], dtype=np.float64)
-                loss_sum += float(-(w * np.log(np.maximum(p_target, np.finfo(np.float32).tiny))).sum())
-                pixels += target.size
-                pred, foreground = argmax_classes(probs) > 0, target > 0
-                inter += int(np.count_nonzero(pred & foreground))
-                union += int(np.count_nonzero(pred | foreground))
+        """Weighted loss per pixel and pooled foreground IoU over the whole validation images
+        (``unetflow.validation``); the model is back in training mode afterwards."""
+        scores = validation_scores(self.model, self.device, self.precision, self.val_arrays, self.cfg["batch_size"])
         self.model.train()
-        return loss_sum / pixels, (inter / union if union else 1.0)
+        return scores
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def _rng_state(self) -> dict[str, Any]:
-        state = {
-            "python": random.getstate(),
-            "numpy": _numpy_state(),
-            "torch": torch.get_rng_state(),
-            "sampler": self.sampler_generator.get_state(),
-            "augment": self.augment_generator.get_state(),
-        }
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def _set_rng_state(self, state: dict[str, Any]) -> None:
-        random.setstate(state["python"])
-        _set_numpy_state(state["numpy"])
-        torch.set_rng_state(state["torch"])
-        self.sampler_generator.set_state(state["sampler"])
-        self.augment_generator.set_state(state["augment"])
-        if "cuda" in state:
-            torch.cuda.set_rng_state_all(state["cuda"])
+    def _generators(self) -> dict[str, torch.Generator]:
+        """The run's own generators, by the names their states have in ``last.pt``."""
+        return {"sampler": self.sampler_generator, "augment": self.augment_generator}
 
     def _diverged(self, what: str) -> None:
         last = self.work_dir / LAST
@@ -281,7 +251,7 @@ class Trainer:
             step=self.step,
             best_iou=self.best_iou,
             history=self.history,
-            rng=self._rng_state(),
+            rng=rng_state.capture(self._generators(), self.device.type == "cuda"),
             schedule={**self.cfg["schedule"], "total_steps": int(self.cfg["steps"])},
             elapsed_s=self.elapsed(),
             precision=self.precision.name,
@@ -337,7 +307,7 @@ class Trainer:
         self.best_iou = float(checkpoint["best_iou"])
         self.history = list(checkpoint["history"])
         self.elapsed_s = float(checkpoint.get("elapsed_s", 0.0))
-        self._set_rng_state(checkpoint["rng"])
+        rng_state.restore(checkpoint["rng"], self._generators())
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
@@ -377,28 +347,15 @@ class Trainer:
             self.device, self.precision.name, self.in_size, self.out_size, len(self.sampler.arrays),
             len(self.val_arrays), self.step + 1, stop, self.cfg["schedule"]["name"],
         )
-        bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", file=sys.stderr, disable=not progress)
         timed_out = self.out_of_time()
-        while self.step < stop and not timed_out:
-            lr = self.set_lr(self.step + 1)
-            loss = self.train_step(self.next_batch())
-            self.step += 1
-            timed_out = self.out_of_time()
-            last = self.step == steps or timed_out
-            row: dict[str, Any] = {"step": self.step, "train_loss": loss, "val_loss": None, "val_iou": None, "lr": lr}
-            if self.val_arrays and (self.step % self.cfg["val_every"] == 0 or last):
-                row["val_loss"], row["val_iou"] = self.validate()
-                if row["val_iou"] > self.best_iou:
-                    self.best_iou = row["val_iou"]
-                    self.save_best(row["val_loss"], row["val_iou"])
-                bar.set_postfix(loss=f"{loss:.4f}", val_iou=f"{row['val_iou']:.3f}")
-            else:
-                bar.set_postfix(loss=f"{loss:.4f}")
-            self.history.append(row)
-            if self.step % self.cfg["checkpoint_every"] == 0 or self.step == stop or last:
-                self.save_last()
-            bar.update(1)
-        bar.close()
+        with Progress("train", stop, "steps", initial=self.step, enabled=progress) as bar:
+            while self.step < stop and not timed_out:
+                row, timed_out = self._one_step(steps)
+                self.history.append(row)
+                if self.step % self.cfg["checkpoint_every"] == 0 or self.step in (stop, steps) or timed_out:
+                    self.save_last()
+                shown = f", val_iou {row['val_iou']:.3f}" if row["val_iou"] is not None else ""
+                bar.set(self.step, note=f"loss {row['train_loss']:.4f}{shown}")
         if timed_out and self.step < steps:
             log.warning(
                 "train.minutes budget (%s) used up at step %d of %d; the run is finished with these weights "
@@ -408,6 +365,25 @@ class Trainer:
             self._finish()
         self.elapsed_s = self.elapsed()
         return {"step": self.step, "best_val_iou": self.best_iou if self.val_arrays else None, "timed_out": timed_out}
+
+    def _one_step(self, steps: int) -> tuple[dict[str, Any], bool]:
+        """Train one step and validate when due (every ``val_every`` steps and at the run's last);
+        the step's metrics row and whether the time budget is used up."""
+        lr = self.set_lr(self.step + 1)
+        loss = self.train_step(self.next_batch())
+        self.step += 1
+        timed_out = self.out_of_time()
+        row: dict[str, Any] = {"step": self.step, "train_loss": loss, "val_loss": None, "val_iou": None, "lr": lr}
+        if self.val_arrays and (self.step % self.cfg["val_every"] == 0 or self.step == steps or timed_out):
+            self._validate_into(row)
+        return row, timed_out
+
+    def _validate_into(self, row: dict[str, Any]) -> None:
+        """Validate, record the scores in ``row`` and keep the weights as best.pt if they are the best yet."""
+        row["val_loss"], row["val_iou"] = self.validate()
+        if row["val_iou"] > self.best_iou:
+            self.best_iou = row["val_iou"]
+            self.save_best(row["val_loss"], row["val_iou"])
 
     def _finish(self) -> None:
         if not self.val_arrays:

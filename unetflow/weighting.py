@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import zarr
-from tqdm import tqdm
 
 from unetflow.io.errors import InputError
 from unetflow.io.labels import connected_instances
+from unetflow.progress import track
 from unetflow.store import (
     ATTRS_KEY,
     IMAGES,
@@ -153,7 +153,7 @@ def compute_weights(data_store: str | Path, out_store: str | Path, config: dict[
         root.create_group(TARGETS)
         root.create_group(WEIGHTS)
         gap_pixels = 0
-        for name in tqdm(names, desc="targets", unit="image"):
+        for name in track(names, "targets", "images"):
             chunks = tuple(group[LABELS][name].chunks)
             gap_pixels += _write_targets(labels[name], root, name, chunks, settings, targets, f"{source}/{LABELS}/{name}")
         class_weights, balance_attrs = _class_weights(config["class_balance"], root, counted, targets.n_classes)

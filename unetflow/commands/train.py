@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from typing import Any
 
 from unetflow.commands import add_settings_arguments
 from unetflow.config import ConfigError, stage_settings
+
+log = logging.getLogger(__name__)
 
 SECTIONS = ("model", "train")
 
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
     final = train_model(args.data_store, args.weights_store, args.model_dir, model, train, resume=args.resume)
     if args.curves:
         plot_training_curves(final / METRICS_CSV, args.curves)
-    print(f"model written to {final} (model.json, best.pt, last.pt, {METRICS_CSV})")
+    log.info("model written to %s (model.json, best.pt, last.pt, %s)", final, METRICS_CSV)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -3,6 +3,11 @@
 Labelled datasets are small enough to read whole; slides are opened lazily as dask arrays (a
 BigTIFF through tifffile's zarr interface, a zarr array directly) so that a slide larger than
 memory is only ever touched chunk by chunk.
+
+Why this module is longer than the others (~400 lines): it is a set of short readers, one per
+``dataset.format`` (and the slide openers), side by side with the ``Sample`` type and the
+checks they share; each reader reads in one sitting on its own, and ``DATASET_READERS`` lists
+them all in one place.
 """
 
 from __future__ import annotations

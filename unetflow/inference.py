@@ -1,0 +1,201 @@
+"""A trained U-Net on tiles: load it with its recipe, run it on batches of windows (with TTA), and
+stitch the windows of one region by overlap-tile cropping.
+
+The one job here is "model in, probabilities of a region out", with no zarr output, dask or
+resume involved, so training's validation (``unetflow.train``), the bioimage.io export and the
+predict stage's chunk tasks (``unetflow.predict``) all compute probabilities with this very code.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetflow.devices import Precision
+from unetflow.instances import InstanceRule
+from unetflow.io.errors import InputError
+from unetflow.model import BEST, UNet, load_checkpoint, load_model, model_from_checkpoint
+from unetflow.normalize import Normalization
+from unetflow.tiling import Box, TileLayout, align_up, read_window
+
+
+# -- geometry of a model -------------------------------------------------------------------------
+def tile_layout(model: UNet, tile: int, chunk: int, height: int, width: int) -> TileLayout:
+    """The overlap-tile layout of ``model`` for an image: tile edge, context margin, alignment.
+
+    The tile is the smallest valid output edge >= the requested one, but never larger than needed
+    for the chunk or the image. A same-padded net has no margin of its own; it gets the context
+    of its valid twin (rounded to the pooling stride), which is its receptive-field radius, so
+    zero padding at tile edges cannot reach the kept centre and tiling stays seamless too.
+    """
+    align = 2 ** (model.depth - 1)
+    wanted = max(align, min(tile, chunk, max(height, width)))
+    out = model.valid_output_size(wanted)
+    if model.padding == "valid":
+        margin = model.margin
+    else:
+        twin = UNet(in_channels=1, n_classes=2, depth=model.depth, base_channels=1, padding="valid")
+        margin = align_up(twin.margin + align, align)
+    return TileLayout(tile=out, margin=margin, align=align)
+
+
+# -- the model on a device, shared by the threads of a process -----------------------------------
+DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
+"""The 8 symmetries of a square: ``k`` quarter turns after an optional horizontal flip."""
+
+
+def dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Apply one of ``DIHEDRAL`` to the last two axes."""
+    return torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
+
+
+def undihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Undo ``dihedral(x, k, flip)``."""
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+class TilePredictor:
+    """Class probabilities for batches of input windows.
+
+    One instance per process and device is shared by all dask threads. Forwards are serialised
+    by a lock: the model then uses every core (or the whole GPU) for one batch while the other
+    threads read and write chunks, and peak activation memory is one batch's, not one per thread.
+    The network runs in ``precision`` (autocast and memory layout); softmax and the returned
+    probabilities are fp32.
+    """
+
+    def __init__(self, model: UNet, device: torch.device, precision: Precision) -> None:
+        self.model = precision.prepare_model(model.to(device)).eval()
+        self.device = device
+        self.precision = precision
+        self.n_classes = int(model.config["n_classes"])
+        self._lock = threading.Lock()
+
+    def __call__(self, windows: np.ndarray, tta: bool = False) -> np.ndarray:
+        """(N, C, s, s) float32 windows -> (N, n_classes, t, t) float32 probabilities.
+
+        With ``tta`` the probabilities are averaged over the 8 flips/90-degree rotations. A tile
+        on the pooling grid stays on it under these maps (valid input edges differ by multiples
+        of the stride), so tiled TTA still equals whole-image TTA.
+        """
+        with self._lock, torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device, non_blocking=True)
+            if not tta:
+                probs = self._probabilities(x)
+            else:
+                probs = sum(
+                    undihedral(self._probabilities(dihedral(x, k, flip)), k, flip) for k, flip in DIHEDRAL
+                ) / len(DIHEDRAL)
+            return probs.cpu().contiguous().numpy()
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast(self.device):
+            logits = self.model(self.precision.prepare_input(x))
+        return torch.softmax(logits.float(), dim=1)
+
+
+def checkpoint_file(model_path: str | Path) -> Path:
+    """The checkpoint a model path means: the file itself, or a model directory's best.pt."""
+    path = Path(model_path)
+    return path / BEST if path.is_dir() else path
+
+
+_PREDICTOR_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _load_predictor(
+    checkpoint: str, mtime_ns: int, device: str, torch_threads: int, precision: Precision
+) -> TilePredictor:
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    return TilePredictor(load_model(checkpoint, device), torch.device(device), precision)
+
+
+def shared_predictor(model_path: str, device: str, precision: Precision, torch_threads: int = 0) -> TilePredictor:
+    """The process-wide predictor of a checkpoint: loaded once per process (per dask worker)."""
+    checkpoint = checkpoint_file(model_path)
+    with _PREDICTOR_LOCK:
+        return _load_predictor(str(checkpoint), checkpoint.stat().st_mtime_ns, device, torch_threads, precision)
+
+
+def load_trained_model(model_path: Path) -> tuple[UNet, Normalization, InstanceRule]:
+    """The model on the CPU, its normalisation recipe and its instance rule, or an InputError
+    naming the checkpoint and what is wrong with it: what predict and export check before they
+    write anything."""
+    checkpoint = checkpoint_file(model_path)
+    if not checkpoint.is_file():
+        raise InputError(model_path, "no model checkpoint", f"a model directory with {BEST} or a .pt file")
+    try:
+        state = load_checkpoint(checkpoint, "cpu")
+        model = model_from_checkpoint(state, "cpu")
+    except Exception as exc:  # torch.load raises many types for a torn, foreign or mismatched file
+        raise InputError(checkpoint, f"cannot load the model ({exc})", "a checkpoint written by unetflow") from exc
+    if "normalization" not in state:
+        raise InputError(
+            checkpoint,
+            "the model carries no normalisation recipe (trained by an older unetflow)",
+            "a model trained by this version: re-run train",
+        )
+    normalization = Normalization.from_settings(state["normalization"], f"{checkpoint}: normalization")
+    return model, normalization, instance_rule(model, state, model_path)
+
+
+def instance_rule(model: UNet, checkpoint: dict[str, Any], model_path: Path) -> InstanceRule:
+    """How a model's classes become objects: class-1 regions grown and widened by the recipe's
+    ``instances`` rule (``TargetSettings.instance_rule``), recorded with the model at training,
+    at the default thresholds (``predict_image`` applies tuned ones).
+
+    A checkpoint without one is a 2-class model whose objects are its class-1 regions as they are.
+    """
+    rule = checkpoint.get("recipe", {}).get("instances")
+    if rule is None:
+        if model.config["n_classes"] != 2:
+            raise InputError(model_path, "3-class model without an instance recipe", "a checkpoint written by `unetflow train`")
+        return InstanceRule()
+    return InstanceRule(grow=int(rule["grow"]), expand=int(rule["expand"]))
+
+
+# -- one region ----------------------------------------------------------------------------------
+def predict_region(
+    predictor: TilePredictor, image: Any, layout: TileLayout, region: Box, batch_size: int, tta: bool
+) -> np.ndarray:
+    """Probabilities (n_classes, h, w) of ``region`` of a (C, Y, X) image, by overlap-tile.
+
+    Reads one input block (region plus halo, mirrored outside the image), runs its tiles in
+    batches and keeps of each tile only the part inside the region (tiles overlap by less than
+    the pooling stride and agree there, so cropping is all the stitching there is).
+    """
+    block_box = layout.block(region)
+    block = read_window(image, block_box.y0, block_box.x0, block_box.height, block_box.width)
+    block = block.astype(np.float32, copy=False)
+    tiles = layout.tiles(region)
+    out = np.empty((predictor.n_classes, region.height, region.width), dtype=np.float32)
+    for start in range(0, len(tiles), batch_size):
+        batch = tiles[start : start + batch_size]
+        windows = np.stack([block[(..., *layout.window(t).relative_to(block_box).slices)] for t in batch])
+        probs = predictor(windows, tta)
+        crop = (probs.shape[-1] - layout.tile) // 2  # a same-padded net also returns the context
+        for tile, tile_probs in zip(batch, probs[..., crop : crop + layout.tile, crop : crop + layout.tile]):
+            part = tile.intersection(region)
+            if part is not None:
+                out[(..., *part.relative_to(region).slices)] = tile_probs[(..., *part.relative_to(tile).slices)]
+    return out
+
+
+def argmax_classes(probs: np.ndarray) -> np.ndarray:
+    """``probs.argmax(axis=0)`` as uint8 (ties to the lower class), class by class: several times
+    faster than numpy's argmax over the first axis of a large (K, Y, X) array."""
+    best = probs[0].copy()
+    labels = np.zeros(probs.shape[1:], dtype=np.uint8)
+    for k in range(1, probs.shape[0]):
+        better = probs[k] > best
+        np.copyto(labels, k, where=better)
+        np.maximum(best, probs[k], out=best)
+    return labels
