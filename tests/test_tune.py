@@ -142,6 +142,15 @@ def test_pixel_metrics_get_the_threshold_with_the_lowest_val_pixel_error(tmp_pat
     assert errors[0.5] == pytest.approx(rim.mean()) and errors[0.4] == errors[0.3] == 0.0
     assert pixel["foreground_threshold"] == 0.3 and pixel["pixel_error"] == 0.0  # the first of equals
     assert json.loads((tmp_path / "tuned.json").read_text())["pixel"] == pixel
+    # evaluate scores the pixels at that threshold (the objects keep theirs); without tuned.json, the objects' union
+    summaries = {}
+    for how, extra in (("tuned", ["--tuned", str(tmp_path / "tuned.json")]), ("defaults", [])):
+        args = ["evaluate", str(store), str(preds), str(tmp_path / how), "--split", "val", "--settings", '{"overlays": 0}']
+        assert cli.main(args + extra) == 0
+        summaries[how] = json.loads((tmp_path / how / "summary.json").read_text())
+    assert summaries["tuned"]["pixel_error"] == 0.0 and summaries["tuned"]["fg_iou"] == 1.0
+    assert summaries["tuned"]["postprocess"]["pixel_metrics"] == {"foreground_threshold": 0.3}
+    assert summaries["defaults"]["pixel_error"] == pytest.approx(rim.mean())
 
 
 def test_a_flat_objective_keeps_the_defaults(tmp_path: Path) -> None:

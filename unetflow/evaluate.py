@@ -6,6 +6,11 @@ split gives (``tuned``: tuned.json, see ``unetflow.tune``), the predictor's own 
 thresholds, or a watershed of its foreground probability -- and every metric of
 :mod:`unetflow.metrics` is computed against ``labels/<name>`` of the data store.
 
+With ``tuned`` and a tuned.json that chose a pixel threshold (``pixel``), the pixel metrics (pixel
+error, foreground IoU and Dice) score the foreground probability at that threshold rather than the
+objects' union -- the ISBI 2012 protocol, which scored each metric at its own best threshold
+(chosen here on val); every object metric scores the objects.
+
 The output folder (written atomically, with the optional report figures)::
 
     per_image.csv   one row per image: scalar metrics and <metric>@<IoU threshold> columns
@@ -37,7 +42,7 @@ from unetflow import postprocess
 from unetflow.instances import InstanceRule, remove_small
 from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import open_ome_image
-from unetflow.metrics import count_scores, evaluate_segmentation, threshold_key
+from unetflow.metrics import count_scores, evaluate_segmentation, pixel_metrics, threshold_key
 from unetflow.postprocess import tuned_objects
 from unetflow.progress import track
 from unetflow.plots.evaluation import overlay_rgb, plot_metrics, plot_overlays, save_rgb
@@ -91,7 +96,10 @@ def postprocess_settings(settings: dict[str, Any], tuned: dict[str, Any] | None)
     if settings["postprocess"] == "tuned":
         if tuned is None:
             return {"method": "tuned", "tuned": None, "note": "no val split of its own: default thresholds, min_size 0"}
-        return {"method": "tuned", "objective": tuned["objective"], "tuned": tuned["best"], "defaults": tuned["defaults"]}
+        described = {"method": "tuned", "objective": tuned["objective"], "tuned": tuned["best"], "defaults": tuned["defaults"]}
+        if "pixel" in tuned:
+            described["pixel_metrics"] = {"foreground_threshold": tuned["pixel"]["foreground_threshold"]}
+        return described
     described = {"method": settings["postprocess"], "min_size": settings["min_size"]}
     if settings["postprocess"] == "watershed":
         described["watershed"] = dict(settings["watershed"])
@@ -128,6 +136,11 @@ def predicted_instances(
         return tuned_objects(np.asarray(probabilities[...], dtype=np.float32), recipe, tuned["best"])
     foreground = 1.0 - np.asarray(probabilities[0], dtype=np.float32)
     return remove_small(postprocess.watershed(foreground, **settings["watershed"]), settings["min_size"])
+
+
+def thresholded_foreground(path: Path, threshold: float) -> np.ndarray:
+    """Where the foreground probability 1 - p(background) of prediction ``path`` exceeds ``threshold``."""
+    return 1.0 - np.asarray(open_ome_image(path).levels[0][0], dtype=np.float32) > threshold
 
 
 def undefined_as_null(value: Any) -> Any:
@@ -182,7 +195,10 @@ def score_split(
     for name, path in track(list(zip(names, paths)), "evaluate", "images"):
         gt = np.asarray(store[f"{LABELS}/{name}"][...])
         pred = predicted_instances(path, name, gt.shape, settings, tuned)
-        rows.append({"image": name, **evaluate_segmentation(gt, pred, thresholds)})
+        row = {"image": name, **evaluate_segmentation(gt, pred, thresholds)}
+        if settings["postprocess"] == "tuned" and tuned is not None and "pixel" in tuned:
+            row.update(pixel_metrics(gt > 0, thresholded_foreground(path, tuned["pixel"]["foreground_threshold"])))
+        rows.append(row)
         if len(overlays) < settings["overlays"]:
             overlays.append((name, overlay_rgb(np.asarray(store[f"{IMAGES}/{name}"][...]), gt, pred)))
     return Scores(pd.DataFrame(rows), thresholds, overlays)
