@@ -22,7 +22,9 @@ second is the steadier figure), peak RSS of the process tree. Then
   wrapping ``predict_chunk`` in the rerun's process).
 
 Targets: peak RSS <= 4 GB at any size, predict/raw >= 0.9, resume recomputes only unfinished
-chunks. A benchmark, not a test: the full size takes hours on 2 cores.
+chunks. A benchmark, not a test: the full size needs about 2 x 2200 CPU seconds of prediction
+(two passes: the first, then the killed one and its rerun), so about 40 min on 2 idle cores and
+many hours where other work has the cores; each stage's figures are printed as it finishes.
 
     .venv/bin/python benchmarks/slide.py                                # 32768^2, both slides
     .venv/bin/python benchmarks/slide.py --size 4096 --sources synthetic   # minutes
@@ -166,7 +168,9 @@ def run_child(args: argparse.Namespace, work: Path, stage: str, kill_when=None, 
     if child.returncode != 0 and not killed:
         raise SystemExit(f"stage {stage} failed with exit code {child.returncode}")
     lines = [line for line in out.splitlines() if line.startswith("{")]
-    return {"seconds": seconds, "cpu": cpu, "peak_mb": peak / 2**20, "killed": killed, **(json.loads(lines[-1]) if lines else {})}
+    result = {"seconds": seconds, "cpu": cpu, "peak_mb": peak / 2**20, "killed": killed, **(json.loads(lines[-1]) if lines else {})}
+    print(f"stage {stage} {extra} done: {json.dumps(result)}", flush=True)  # a long run stopped early keeps these
+    return result
 
 
 def bench_source(args: argparse.Namespace, work: Path) -> list[tuple[str, dict]]:
