@@ -9,7 +9,6 @@ from unetflow.synthetic import (
     _blur_weights,
     _finish,
     _grid_seeds,
-    _smooth_field,
     _wave_factors,
     _window_extremes,
     make_dataset,
@@ -58,6 +57,15 @@ def test_giant_slide_streams_chunks_into_zarr(tmp_path):
     expected, _ = render_region(2, 256, 256, 256, 256, CellStyle(noise=0.0))
     assert np.allclose(array[0, 256:512, 256:512], expected, atol=1e-6)
     assert not list(tmp_path.glob(".*tmp*"))  # nothing temporary left behind
+
+
+def _smooth_field(seed: int, stream: int, ys: np.ndarray, xs: np.ndarray, wavelength: float) -> np.ndarray:
+    """The reference of the generator's smooth fields in numpy: the waves summed in order, per pixel."""
+    rows, cols = _wave_factors(seed, stream, ys, xs, wavelength)
+    total = np.zeros((ys.size, xs.size))
+    for k in range(rows.shape[1]):
+        total = total + rows[:, k, None] * cols[None, k, :]
+    return total / (rows.shape[1] // 2)
 
 
 @pytest.mark.parametrize("style", [CellStyle(), CellStyle(cell_radius=6.0, membrane_width=1.0, missing_fraction=0.3)])

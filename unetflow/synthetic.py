@@ -118,20 +118,6 @@ def _field_row(rows: np.ndarray, cols: np.ndarray, i: int, out: np.ndarray) -> N
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _field(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """The (Y, X) smooth field of ``_wave_factors`` (compiled: no full-size temporaries)."""
-    out = np.empty((rows.shape[0], cols.shape[1]))
-    for i in prange(rows.shape[0]):
-        _field_row(rows, cols, i, out[i])
-    return out
-
-
-def _smooth_field(seed: int, stream: int, ys: np.ndarray, xs: np.ndarray, wavelength: float) -> np.ndarray:
-    """A smooth random field in [-1, 1] on the grid ``ys`` x ``xs``, defined at any coordinate."""
-    return _field(*_wave_factors(seed, stream, ys, xs, wavelength))
-
-
-@njit(cache=True, nogil=True, parallel=True)
 def _nearest_cells(
     ys: np.ndarray, xs: np.ndarray, warp_y: tuple, warp_x: tuple, warp: float,
     seed_y: np.ndarray, seed_x: np.ndarray, spacing: float, row0: int, col0: int,
