@@ -168,7 +168,8 @@ def run_child(args: argparse.Namespace, work: Path, stage: str, kill_when=None, 
     if child.returncode != 0 and not killed:
         raise SystemExit(f"stage {stage} failed with exit code {child.returncode}")
     lines = [line for line in out.splitlines() if line.startswith("{")]
-    result = {"seconds": seconds, "cpu": cpu, "peak_mb": peak / 2**20, "killed": killed, **(json.loads(lines[-1]) if lines else {})}
+    result = {"seconds": seconds, "cpu": cpu, "peak_mb": peak / 2**20, "killed": killed}
+    result.update(json.loads(lines[-1]) if lines else {})
     print(f"stage {stage} {extra} done: {json.dumps(result)}", flush=True)  # a long run stopped early keeps these
     return result
 

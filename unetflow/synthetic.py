@@ -174,7 +174,7 @@ def _nearest_cells(
 def _extend(
     low: np.ndarray, high: np.ndarray, lows: np.ndarray, highs: np.ndarray, shift: int, start: int, stop: int
 ) -> None:
-    """``low[j] = min(low[j], lows[j + shift])``, ``high[j] = max(high[j], highs[j + shift])`` for j in [start, stop)."""
+    """For j in [start, stop): ``low[j] = min(low[j], lows[j + shift])``, and ``high`` alike with max."""
     for j in range(start, stop):
         low[j] = min(low[j], lows[j + shift])
         high[j] = max(high[j], highs[j + shift])
@@ -317,7 +317,8 @@ def render_region(
         size = max(1, int(round(style.membrane_width)))
         texture = _wave_factors(seed, 3, ys, xs, 0.5 * style.cell_radius)
         image, labels = _compose(cell, size + 1, props[:, 0].astype(bool), props[:, 1], ids, texture)
-        out = _finish(image, halo, height, width, _blur_weights(0.8), _wave_factors(seed, 4, ys, xs, 40 * spacing), noise.result())
+        illumination = _wave_factors(seed, 4, ys, xs, 40 * spacing)
+        out = _finish(image, halo, height, width, _blur_weights(0.8), illumination, noise.result())
     return out, labels[halo : halo + height, halo : halo + width]
 
 
