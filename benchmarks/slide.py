@@ -22,7 +22,9 @@ second is the steadier figure), peak RSS of the process tree. Then
   wrapping ``predict_chunk`` in the rerun's process).
 
 Targets: peak RSS <= 4 GB at any size, predict/raw >= 0.9, resume recomputes only unfinished
-chunks. A benchmark, not a test: the full size takes hours on 2 cores.
+chunks. A benchmark, not a test: the full size needs about 2 x 2200 CPU seconds of prediction
+(two passes: the first, then the killed one and its rerun), so about 40 min on 2 idle cores and
+many hours where other work has the cores; each stage's figures are printed as it finishes.
 
     .venv/bin/python benchmarks/slide.py                                # 32768^2, both slides
     .venv/bin/python benchmarks/slide.py --size 4096 --sources synthetic   # minutes
@@ -87,6 +89,8 @@ def predict(args: argparse.Namespace, work: Path) -> None:
     """``predict_image`` into ``--out``; prints how many chunks this process predicted."""
     import torch
 
+    from predict import options  # benchmarks/predict.py
+
     from unetflow import predict as predict_module
 
     torch.set_num_threads(args.cores)
@@ -98,10 +102,7 @@ def predict(args: argparse.Namespace, work: Path) -> None:
         computed.append(job.index)
 
     predict_module.predict_chunk = counting
-    options = predict_module.PredictOptions.from_settings(
-        {"device": "cpu", "tile": args.tile, "chunk": args.chunk, "batch_size": args.batch_size}
-    )
-    predict_module.predict_image(work / "model.pt", work / "slide.zarr", NAME, work / args.out, options)
+    predict_module.predict_image(work / "model.pt", work / "slide.zarr", NAME, work / args.out, options(args))
     print(json.dumps({"computed": len(computed)}))
 
 
@@ -109,17 +110,22 @@ def raw(args: argparse.Namespace, work: Path) -> None:
     """MP/s of the bare model on the input windows of the first ``--raw-chunks`` output chunks."""
     import torch
     import zarr
-    from predict import make_model, raw_forward, windows_in_memory  # benchmarks/predict.py
+    from predict import make_model, options, raw_forward, windows_in_memory  # benchmarks/predict.py
+
+    from unetflow.devices import resolve_precision
 
     torch.set_num_threads(args.cores)
     net = make_model(work / "model.pt", args.base_channels, args.depth)
     image = zarr.open_group(str(work / "slide.zarr"), mode="r")[f"images/{NAME}"]
     windows = windows_in_memory(net, image, args, chunks=args.raw_chunks)
-    raw_forward(net, windows[: args.batch_size], args.batch_size)  # warm-up
+    precision = resolve_precision(options(args).precision, torch.device("cpu"))  # as the predict stage does
+    net = precision.prepare_model(net)
+    raw_forward(net, windows[: args.batch_size], args.batch_size, precision)  # warm-up
     start, start_cpu = time.perf_counter(), time.process_time()
-    raw_forward(net, windows, args.batch_size)
+    raw_forward(net, windows, args.batch_size, precision)
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    print(json.dumps({"megapixels": args.raw_chunks * args.chunk**2 / 1e6, "seconds": seconds, "forward_cpu": cpu}))
+    print(json.dumps({"megapixels": args.raw_chunks * args.chunk**2 / 1e6, "seconds": seconds, "forward_cpu": cpu,
+                      "precision": precision.name}))  # fmt: skip
 
 
 CHILDREN = {"make-synthetic": make_synthetic, "make-mosaic": make_mosaic, "ingest": ingest, "predict": predict, "raw": raw}
@@ -162,7 +168,10 @@ def run_child(args: argparse.Namespace, work: Path, stage: str, kill_when=None, 
     if child.returncode != 0 and not killed:
         raise SystemExit(f"stage {stage} failed with exit code {child.returncode}")
     lines = [line for line in out.splitlines() if line.startswith("{")]
-    return {"seconds": seconds, "cpu": cpu, "peak_mb": peak / 2**20, "killed": killed, **(json.loads(lines[-1]) if lines else {})}
+    result = {"seconds": seconds, "cpu": cpu, "peak_mb": peak / 2**20, "killed": killed}
+    result.update(json.loads(lines[-1]) if lines else {})
+    print(f"stage {stage} {extra} done: {json.dumps(result)}", flush=True)  # a long run stopped early keeps these
+    return result
 
 
 def bench_source(args: argparse.Namespace, work: Path) -> list[tuple[str, dict]]:
@@ -197,8 +206,10 @@ def bench_source(args: argparse.Namespace, work: Path) -> list[tuple[str, dict]]
 
 def report(args: argparse.Namespace, source: str, rows: list[tuple[str, dict]]) -> None:
     mp = args.size**2 / 1e6
+    precision = dict(rows)["raw forward (sample)"]["precision"]
     print(f"\n{source}: {args.size}^2 = {mp:.0f} MP, chunk {args.chunk}, tile {args.tile}, batch {args.batch_size},"
-          f" U-Net base {args.base_channels} depth {args.depth}, {args.cores} torch threads, {os.cpu_count()} CPUs")  # fmt: skip
+          f" U-Net base {args.base_channels} depth {args.depth} in {precision}, {args.cores} torch threads,"
+          f" {os.cpu_count()} CPUs")  # fmt: skip
     header = f"{'stage':<32} {'seconds':>9} {'MP/s':>7} {'CPU s':>8} {'MP/CPU-s':>9} {'peak RSS MB':>12}"
     print(header)
     print("-" * len(header))

@@ -1,6 +1,6 @@
-"""Benchmark: the synthetic generator's compiled kernels vs its numpy + k-d tree version.
+"""Benchmark: the synthetic generator's compiled kernels vs its numpy + scipy + k-d tree version.
 
-The baseline is ``unetflow/synthetic.py`` as it was before the kernels (``--baseline-ref``, read
+The baseline is ``unetflow/synthetic.py`` as it was before any kernel (``--baseline-ref``, read
 from git history, so no copy of the old code lives in the tree). Both render the same
 ``--chunk``^2 regions at several origins, interleaved so a busy machine slows both alike; the
 best of the repeats counts. Printed: wall and CPU seconds per megapixel, MP/s, the speed-up, the
@@ -26,7 +26,7 @@ import numpy as np
 from unetflow import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
-BEFORE_KERNELS = "f2910ca"  # the last commit with the numpy + cKDTree generator
+BEFORE_KERNELS = "f2910ca"  # the last commit with the numpy + scipy + cKDTree generator
 
 
 def baseline_module(ref: str, folder: Path) -> ModuleType:
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         old = baseline_module(args.baseline_ref, Path(tmp))
-        versions = {f"numpy + cKDTree ({args.baseline_ref})": old, "numba kernels (this tree)": synthetic}
+        versions = {f"numpy + scipy + cKDTree ({args.baseline_ref})": old, "numba kernels (this tree)": synthetic}
         for module in versions.values():
             module.render_region(1, 0, 0, 64, 64)  # warm-up: numba loads or compiles its kernels
         wall = {label: [] for label in versions}

@@ -4,7 +4,17 @@ import zarr
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from unetflow.synthetic import CellStyle, _grid_seeds, _smooth_field, make_dataset, render_region, write_giant_slide
+from unetflow.synthetic import (
+    CellStyle,
+    _blur_weights,
+    _finish,
+    _grid_seeds,
+    _wave_factors,
+    _window_extremes,
+    make_dataset,
+    render_region,
+    write_giant_slide,
+)
 
 
 def test_dataset_is_seeded_and_has_touching_cells():
@@ -49,6 +59,15 @@ def test_giant_slide_streams_chunks_into_zarr(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # nothing temporary left behind
 
 
+def _smooth_field(seed: int, stream: int, ys: np.ndarray, xs: np.ndarray, wavelength: float) -> np.ndarray:
+    """The reference of the generator's smooth fields in numpy: the waves summed in order, per pixel."""
+    rows, cols = _wave_factors(seed, stream, ys, xs, wavelength)
+    total = np.zeros((ys.size, xs.size))
+    for k in range(rows.shape[1]):
+        total = total + rows[:, k, None] * cols[None, k, :]
+    return total / (rows.shape[1] // 2)
+
+
 @pytest.mark.parametrize("style", [CellStyle(), CellStyle(cell_radius=6.0, membrane_width=1.0, missing_fraction=0.3)])
 def test_labels_are_the_exact_voronoi_of_a_kdtree(style):
     """The compiled search of nearby grid cells finds the nearest seed exactly, as a k-d tree over
@@ -71,3 +90,28 @@ def test_labels_are_the_exact_voronoi_of_a_kdtree(style):
     expected = np.where(props[cell, 0].astype(bool) & ~membrane, ids[cell], 0)[halo:-halo, halo:-halo]
     _, labels = render_region(seed, y0, x0, size, size, style)
     assert np.array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("window", [2, 3, 4, 5])
+def test_window_extremes_equal_scipy_size_filters(window):
+    """The separable compiled min/max equals scipy's size filters, edges included (nearest mode)."""
+    cell = np.random.default_rng(window).integers(0, 6, size=(37, 41)).astype(np.int32)
+    low, high = _window_extremes(cell, window)
+    assert np.array_equal(low, ndimage.minimum_filter(cell, size=window, mode="nearest"))
+    assert np.array_equal(high, ndimage.maximum_filter(cell, size=window, mode="nearest"))
+
+
+def test_finish_is_scipy_blur_illumination_and_noise_bit_for_bit():
+    """The fused pass gives exactly what the generator computed before it was fused: scipy's
+    ``gaussian_filter`` on the whole haloed image, times the illumination field, plus the noise,
+    then the crop. Bit-identical, so the same seed still renders the same dataset."""
+    rng = np.random.default_rng(0)
+    halo, height, width = 5, 30, 44
+    ys = np.arange(-halo, height + halo, dtype=np.float64) + 300
+    xs = np.arange(-halo, width + halo, dtype=np.float64) - 70
+    image = rng.random((ys.size, xs.size))
+    noise = rng.normal(0.0, 0.08, size=image.shape)
+    illumination = 0.75 + 0.25 * _smooth_field(4, 4, ys, xs, 1120.0)
+    expected = (ndimage.gaussian_filter(image, sigma=0.8) * illumination + noise)[halo:-halo, halo:-halo]
+    out = _finish(image, halo, height, width, _blur_weights(0.8), _wave_factors(4, 4, ys, xs, 1120.0), noise)
+    assert out.dtype == np.float32 and np.array_equal(out, expected.astype(np.float32))
