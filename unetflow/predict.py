@@ -40,6 +40,7 @@ import zarr
 from unetflow.config import stage_settings
 from unetflow.devices import Precision, pick_device, resolve_precision
 from unetflow.instances import CONNECTIVITY, InstanceRule
+from unetflow.io.chunk_memo import remembering, write_chunk
 from unetflow.io.errors import InputError
 from unetflow.io.pixel_size import PixelSize
 from unetflow.io.ome_zarr import (
@@ -334,10 +335,8 @@ def predict_chunk(job: ChunkJob) -> None:
     predictor = shared_predictor(job.model_path, job.device, job.precision, job.torch_threads)
     image = NormalizedArray(shared_image(job), job.stats)  # whole-image statistics, never per tile
     probs = predict_region(predictor, image, job.layout, job.region, job.batch_size, job.tta)
-    out_probs = zarr.open_array(store=job.out_store, path=level_path(PROBABILITIES, 0), mode="r+")
-    out_probs[(..., *job.region.slices)] = probs.astype(out_probs.dtype, copy=False)
-    out_labels = zarr.open_array(store=job.out_store, path=level_path(SEMANTIC, 0), mode="r+")
-    out_labels[job.region.slices] = argmax_classes(probs)
+    write_chunk(job.out_store, level_path(PROBABILITIES, 0), job.region, probs)
+    write_chunk(job.out_store, level_path(SEMANTIC, 0), job.region, argmax_classes(probs))
     marker(job.out_store, job.index).touch()
 
 
@@ -569,7 +568,8 @@ def _run_jobs(
     ]
     try:
         progress = functools.partial(_chunks_done, partial, n_chunks)
-        n_objects, *_ = run([counted, *downsampled], f"predict {name}", progress, width=len(jobs))
+        with remembering(partial):  # chunks written here are read back from memory (chunk_memo)
+            n_objects, *_ = run([counted, *downsampled], f"predict {name}", progress, width=len(jobs))
     finally:
         _cached_image.cache_clear()  # release this image's decoded input chunks
     return n_objects

@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import connected_components
 from zarr.codecs import BloscCodec
 
 from unetflow.instances import CONNECTIVITY, InstanceRule, grow_seeds, kept_ids
+from unetflow.io.chunk_memo import read_region, write_chunk
 from unetflow.io.pixel_size import PixelSize, multiscale_pixel_size
 from unetflow.store import ATTRS_KEY, StoreError, checked_codecs, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
@@ -236,12 +237,11 @@ def downsample(block: np.ndarray, mode: str) -> np.ndarray:
 
 def downsample_chunk(root: str, multiscale: str, level: int, region: Box) -> None:
     """Write ``region`` of pyramid ``level`` from the 2x larger region of ``level - 1``."""
-    src = _open(root, level_path(multiscale, level - 1))
-    dst = _open(root, level_path(multiscale, level), "r+")
-    src_h, src_w = src.shape[-2:]
+    source = level_path(multiscale, level - 1)
+    src_h, src_w = _open(root, source).shape[-2:]
     y0, x0 = 2 * region.y0, 2 * region.x0
-    block = src[..., y0 : min(y0 + 2 * region.height, src_h), x0 : min(x0 + 2 * region.width, src_w)]
-    dst[(..., *region.slices)] = downsample(block, DOWNSAMPLING[multiscale]).astype(dst.dtype, copy=False)
+    block = read_region(root, source, Box(y0, x0, min(2 * region.height, src_h - y0), min(2 * region.width, src_w - x0)))
+    write_chunk(root, level_path(multiscale, level), region, downsample(block, DOWNSAMPLING[multiscale]))
 
 
 def pyramid(root: str | Path, multiscale: str, after: Mapping[tuple[int, int], Delayed]) -> list[Delayed]:
@@ -253,7 +253,8 @@ def pyramid(root: str | Path, multiscale: str, after: Mapping[tuple[int, int], D
     """
     root = str(root)
     semantic = _open(root, level_path(SEMANTIC, 0))
-    grids = level_grids(*semantic.shape, semantic.chunks[-1], len(open_ome_image(root).levels))
+    levels = len(zarr.open_group(root, mode="r").attrs["ome"]["multiscales"][0]["datasets"])
+    grids = level_grids(*semantic.shape, semantic.chunks[-1], levels)
     above: Mapping[tuple[int, int], Delayed] = after
     tasks: list[Delayed] = []
     for level in range(1, len(grids)):
@@ -282,7 +283,7 @@ class ChunkLabels:
 
 def _local_labels(root: str, region: Box, rule: InstanceRule) -> tuple[np.ndarray, int]:
     """Chunk-local ids 1..n of the seed regions of one chunk (deterministic)."""
-    probabilities = _open(root, level_path(PROBABILITIES, 0))[(slice(None), *region.slices)]
+    probabilities = read_region(root, level_path(PROBABILITIES, 0), region)
     local, count = ndimage.label(rule.seeds(probabilities), structure=CONNECTIVITY, output=np.int32)
     return local, int(count)
 
@@ -321,7 +322,7 @@ class ChunkRelabel:
 def relabel_chunk(root: str, region: Box, relabel: ChunkRelabel, path: str, rule: InstanceRule) -> None:
     """Write the final ids of one chunk into the array at ``path``."""
     local, _ = _local_labels(root, region, rule)
-    _open(root, path, "r+")[region.slices] = relabel.lookup()[local]
+    write_chunk(root, path, region, relabel.lookup()[local])
 
 
 def grow_chunk(root: str, region: Box, rule: InstanceRule) -> None:
@@ -336,14 +337,14 @@ def grow_chunk(root: str, region: Box, rule: InstanceRule) -> None:
     window = Box(region.y0 - halo, region.x0 - halo, region.height + 2 * halo, region.width + 2 * halo)
     window = window.intersection(Box(0, 0, *seeds.shape))
     assert window is not None  # the window contains the region
-    foreground = rule.foreground(_open(root, level_path(PROBABILITIES, 0))[(slice(None), *window.slices)])
-    grown = grow_seeds(seeds[window.slices], foreground, rule.grow, rule.expand)
-    _open(root, level_path(INSTANCES, 0), "r+")[region.slices] = grown[region.relative_to(window).slices]
+    foreground = rule.foreground(read_region(root, level_path(PROBABILITIES, 0), window))
+    grown = grow_seeds(read_region(root, SEEDS, window), foreground, rule.grow, rule.expand)
+    write_chunk(root, level_path(INSTANCES, 0), region, grown[region.relative_to(window).slices])
 
 
 def object_sizes_in_chunk(root: str, region: Box) -> tuple[np.ndarray, np.ndarray]:
     """The object ids of one chunk of instances/0 and their pixel counts in it."""
-    ids, counts = np.unique(_open(root, level_path(INSTANCES, 0))[region.slices], return_counts=True)
+    ids, counts = np.unique(read_region(root, level_path(INSTANCES, 0), region), return_counts=True)
     keep = ids > 0
     return ids[keep].astype(np.int64), counts[keep].astype(np.int64)
 
@@ -363,8 +364,8 @@ def size_filter(n_objects: int, sizes: Sequence[tuple[np.ndarray, np.ndarray]], 
 
 def filter_chunk(root: str, region: Box, lookup: np.ndarray) -> None:
     """Rewrite one chunk of instances/0 through a ``size_filter`` lookup."""
-    instances = _open(root, level_path(INSTANCES, 0), "r+")
-    instances[region.slices] = lookup[instances[region.slices]]
+    path = level_path(INSTANCES, 0)
+    write_chunk(root, path, region, lookup[read_region(root, path, region)])
 
 
 def merge_chunk_labels(grid: ChunkGrid, chunks: Sequence[ChunkLabels]) -> tuple[list[ChunkRelabel], int]:
