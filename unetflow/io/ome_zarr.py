@@ -19,7 +19,9 @@ the size of every final object, so each chunk counts the pixels of the ids it ho
 decide which ids survive (a lookup from final id to renumbered id) -- no step ever loads a whole
 slide. These steps are returned as ``dask.delayed`` graphs that the caller joins to
 the prediction graph and computes on its scheduler; the chunk functions take store paths, not
-open arrays, so they run unchanged in dask.distributed workers.
+open arrays, so they run unchanged in dask.distributed workers. They read and write through
+``unetflow.io.chunk_memo``, so a chunk written earlier in the same run and process comes from
+memory rather than being decoded again.
 """
 
 from __future__ import annotations
