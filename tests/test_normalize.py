@@ -45,6 +45,15 @@ def test_streamed_percentiles_of_integer_pixels_equal_numpy_exactly(tmp_path: Pa
     np.testing.assert_array_equal(image_percentiles(slide, Q), in_memory)
 
 
+def test_exact_percentiles_equal_numpy_and_leave_the_image_as_it_was() -> None:
+    """The exact path partitions its own float64 copy in place: numpy's values, the caller's pixels untouched."""
+    image = np.random.default_rng(3).normal(size=(2, 97, 83))  # float64: a copy must still be made
+    before = image.copy()
+    expected = np.stack([np.percentile(image[c], Q) for c in range(2)], axis=1)
+    np.testing.assert_array_equal(image_percentiles(image, Q), expected)
+    np.testing.assert_array_equal(image, before)
+
+
 def test_streamed_percentiles_of_float_pixels_stay_within_one_bin(tmp_path: Path) -> None:
     data = (np.random.default_rng(1).gamma(2.0, 3.0, (1, 301, 257)) * 1.37).astype(np.float32)
     streamed = streamed_percentiles(_slide(tmp_path, data), Q, chunk=64)

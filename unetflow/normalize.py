@@ -173,8 +173,10 @@ def image_percentiles(image: Any, q: tuple[float, ...]) -> np.ndarray:
     nbytes = int(np.prod(image.shape)) * 8
     if nbytes > EXACT_BYTES:
         return streamed_percentiles(image, q)
+    # each channel's float64 copy is ours: partition it in place rather than in yet another copy
     return np.stack(
-        [np.percentile(np.asarray(image[c], dtype=np.float64), q) for c in range(image.shape[0])], axis=1
+        [np.percentile(np.array(image[c], dtype=np.float64), q, overwrite_input=True) for c in range(image.shape[0])],
+        axis=1,
     )
 
 

@@ -44,6 +44,7 @@ from unetflow.inference import (
     tile_layout,
 )
 from unetflow.instances import InstanceRule
+from unetflow.io.chunk_memo import remembering, write_chunk
 from unetflow.io.errors import InputError
 from unetflow.io.chunked_instances import instance_labels
 from unetflow.io.ome_zarr import (
@@ -133,10 +134,8 @@ def predict_chunk(job: ChunkJob) -> None:
     cached = shared_image(job.image_store, job.image_array, job.cached_chunks)
     image = NormalizedArray(cached, job.stats)  # whole-image statistics, never per tile
     probs = predict_region(predictor, image, job.layout, job.region, job.batch_size, job.tta)
-    out_probs = zarr.open_array(store=job.out_store, path=level_path(PROBABILITIES, 0), mode="r+")
-    out_probs[(..., *job.region.slices)] = probs.astype(out_probs.dtype, copy=False)
-    out_labels = zarr.open_array(store=job.out_store, path=level_path(SEMANTIC, 0), mode="r+")
-    out_labels[job.region.slices] = argmax_classes(probs)
+    write_chunk(job.out_store, level_path(PROBABILITIES, 0), job.region, probs)
+    write_chunk(job.out_store, level_path(SEMANTIC, 0), job.region, argmax_classes(probs))
     marker(job.out_store, job.index).touch()
 
 
@@ -223,7 +222,8 @@ def _run_jobs(
     ]
     try:
         progress = functools.partial(chunks_done, partial, n_chunks)  # what a distributed run reports
-        n_objects, *_ = run([counted, *downsampled], f"predict {name}", progress, width=len(jobs))
+        with remembering(partial):  # chunks written here are read back from memory (chunk_memo)
+            n_objects, *_ = run([counted, *downsampled], f"predict {name}", progress, width=len(jobs))
     finally:
         release_shared_image()  # this image's decoded input chunks
     return n_objects

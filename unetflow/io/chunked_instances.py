@@ -6,6 +6,8 @@ Each chunk is labelled on its own, then objects that touch across chunk borders 
 holds and the sums decide which ids survive (a lookup from final id to renumbered id) -- no step
 ever loads a whole slide. The steps are ``dask.delayed`` graphs the caller joins to the
 prediction graph; the chunk functions take store paths, so they run in dask.distributed workers.
+They read and write through ``unetflow.io.chunk_memo``: a chunk written earlier in the same run and
+process comes from memory rather than being decoded again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
 from unetflow.instances import CONNECTIVITY, InstanceRule, grow_seeds, kept_ids
+from unetflow.io.chunk_memo import read_region, write_chunk
 from unetflow.io.ome_zarr import INSTANCES, PROBABILITIES, SEEDS, SEMANTIC, level_path, open_level
 from unetflow.tiling import Box, ChunkGrid
 
@@ -39,7 +42,7 @@ class ChunkLabels:
 
 def _local_labels(root: str, region: Box, rule: InstanceRule) -> tuple[np.ndarray, int]:
     """Chunk-local ids 1..n of the seed regions of one chunk (deterministic)."""
-    probabilities = open_level(root, level_path(PROBABILITIES, 0))[(slice(None), *region.slices)]
+    probabilities = read_region(root, level_path(PROBABILITIES, 0), region)
     local, count = ndimage.label(rule.seeds(probabilities), structure=CONNECTIVITY, output=np.int32)
     return local, int(count)
 
@@ -78,7 +81,7 @@ class ChunkRelabel:
 def relabel_chunk(root: str, region: Box, relabel: ChunkRelabel, path: str, rule: InstanceRule) -> None:
     """Write the final ids of one chunk into the array at ``path``."""
     local, _ = _local_labels(root, region, rule)
-    open_level(root, path, "r+")[region.slices] = relabel.lookup()[local]
+    write_chunk(root, path, region, relabel.lookup()[local])
 
 
 def grow_chunk(root: str, region: Box, rule: InstanceRule) -> None:
@@ -93,14 +96,14 @@ def grow_chunk(root: str, region: Box, rule: InstanceRule) -> None:
     window = Box(region.y0 - halo, region.x0 - halo, region.height + 2 * halo, region.width + 2 * halo)
     window = window.intersection(Box(0, 0, *seeds.shape))
     assert window is not None  # the window contains the region
-    foreground = rule.foreground(open_level(root, level_path(PROBABILITIES, 0))[(slice(None), *window.slices)])
-    grown = grow_seeds(seeds[window.slices], foreground, rule.grow, rule.expand)
-    open_level(root, level_path(INSTANCES, 0), "r+")[region.slices] = grown[region.relative_to(window).slices]
+    foreground = rule.foreground(read_region(root, level_path(PROBABILITIES, 0), window))
+    grown = grow_seeds(read_region(root, SEEDS, window), foreground, rule.grow, rule.expand)
+    write_chunk(root, level_path(INSTANCES, 0), region, grown[region.relative_to(window).slices])
 
 
 def object_sizes_in_chunk(root: str, region: Box) -> tuple[np.ndarray, np.ndarray]:
     """The object ids of one chunk of instances/0 and their pixel counts in it."""
-    ids, counts = np.unique(open_level(root, level_path(INSTANCES, 0))[region.slices], return_counts=True)
+    ids, counts = np.unique(read_region(root, level_path(INSTANCES, 0), region), return_counts=True)
     keep = ids > 0
     return ids[keep].astype(np.int64), counts[keep].astype(np.int64)
 
@@ -120,8 +123,8 @@ def size_filter(n_objects: int, sizes: Sequence[tuple[np.ndarray, np.ndarray]], 
 
 def filter_chunk(root: str, region: Box, lookup: np.ndarray) -> None:
     """Rewrite one chunk of instances/0 through a ``size_filter`` lookup."""
-    instances = open_level(root, level_path(INSTANCES, 0), "r+")
-    instances[region.slices] = lookup[instances[region.slices]]
+    path = level_path(INSTANCES, 0)
+    write_chunk(root, path, region, lookup[read_region(root, path, region)])
 
 
 def merge_chunk_labels(grid: ChunkGrid, chunks: Sequence[ChunkLabels]) -> tuple[list[ChunkRelabel], int]:

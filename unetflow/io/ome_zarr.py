@@ -15,7 +15,9 @@ Everything here works chunk by chunk on arrays that may be far larger than memor
 levels are computed one output chunk at a time from the level above (the instance labels are
 ``unetflow.io.chunked_instances``). These steps are returned as ``dask.delayed`` graphs that the
 caller joins to the prediction graph and computes on its scheduler; the chunk functions take
-store paths, not open arrays, so they run unchanged in dask.distributed workers.
+store paths, not open arrays, so they run unchanged in dask.distributed workers. They read and write
+through ``unetflow.io.chunk_memo``, so a chunk written earlier in the same run and process comes
+from memory rather than being decoded again.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dask.delayed import Delayed
 from dask.graph_manipulation import bind
 from zarr.codecs import BloscCodec
 
+from unetflow.io.chunk_memo import read_region, write_chunk
 from unetflow.io.pixel_size import PixelSize, multiscale_pixel_size
 from unetflow.store import ATTRS_KEY, StoreError, checked_codecs, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
@@ -230,12 +233,11 @@ def downsample(block: np.ndarray, mode: str) -> np.ndarray:
 
 def downsample_chunk(root: str, multiscale: str, level: int, region: Box) -> None:
     """Write ``region`` of pyramid ``level`` from the 2x larger region of ``level - 1``."""
-    src = open_level(root, level_path(multiscale, level - 1))
-    dst = open_level(root, level_path(multiscale, level), "r+")
-    src_h, src_w = src.shape[-2:]
+    source = level_path(multiscale, level - 1)
+    src_h, src_w = open_level(root, source).shape[-2:]
     y0, x0 = 2 * region.y0, 2 * region.x0
-    block = src[..., y0 : min(y0 + 2 * region.height, src_h), x0 : min(x0 + 2 * region.width, src_w)]
-    dst[(..., *region.slices)] = downsample(block, DOWNSAMPLING[multiscale]).astype(dst.dtype, copy=False)
+    block = read_region(root, source, Box(y0, x0, min(2 * region.height, src_h - y0), min(2 * region.width, src_w - x0)))
+    write_chunk(root, level_path(multiscale, level), region, downsample(block, DOWNSAMPLING[multiscale]))
 
 
 def pyramid(root: str | Path, multiscale: str, after: Mapping[tuple[int, int], Delayed]) -> list[Delayed]:
@@ -247,7 +249,8 @@ def pyramid(root: str | Path, multiscale: str, after: Mapping[tuple[int, int], D
     """
     root = str(root)
     semantic = open_level(root, level_path(SEMANTIC, 0))
-    grids = level_grids(*semantic.shape, semantic.chunks[-1], len(open_ome_image(root).levels))
+    levels = len(zarr.open_group(root, mode="r").attrs["ome"]["multiscales"][0]["datasets"])
+    grids = level_grids(*semantic.shape, semantic.chunks[-1], levels)
     above: Mapping[tuple[int, int], Delayed] = after
     tasks: list[Delayed] = []
     for level in range(1, len(grids)):
