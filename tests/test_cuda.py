@@ -17,9 +17,11 @@ import zarr
 from test_train import _model_settings, _stores, _train_settings
 from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.config import stage_settings
+from unetflow.devices import resolve_precision
 from unetflow.io.ome_zarr import PROBABILITIES, SEMANTIC, level_path
-from unetflow.model import UNet, save_checkpoint
 from unetflow.inference import TilePredictor
+from unetflow.model import UNet, save_checkpoint
+from unetflow.normalize import Normalization
 from unetflow.predict import PredictOptions, predict_image
 from unetflow.store import write_dataset
 from unetflow.train import Trainer
@@ -73,20 +75,24 @@ def test_tile_predictor_on_cuda_equals_cpu() -> None:
     net = UNet(in_channels=1, n_classes=2, depth=3, base_channels=8)
     edge = net.input_size(net.valid_output_size(36))
     windows = np.random.default_rng(0).normal(size=(3, 1, edge, edge)).astype(np.float32)
-    on_cpu = TilePredictor(net, torch.device("cpu"))(windows)
-    on_gpu = TilePredictor(net, torch.device("cuda"))(windows)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    on_cpu = TilePredictor(net, cpu, resolve_precision("fp32", cpu))(windows)
+    on_gpu = TilePredictor(net, gpu, resolve_precision("fp32", gpu))(windows)
     assert on_gpu.dtype == np.float32 and on_gpu.shape == on_cpu.shape
     assert np.abs(on_gpu - on_cpu).max() < TOLERANCE
 
 
 def test_predict_image_on_cuda_equals_cpu(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "model.pt", UNet(in_channels=1, n_classes=2, depth=3, base_channels=8))
+    identity = Normalization("zscore", mean=(0.0,), std=(1.0,))  # the model sees the stored pixels
+    net = UNet(in_channels=1, n_classes=2, depth=3, base_channels=8)
+    save_checkpoint(tmp_path / "model.pt", net, normalization=identity.to_json())
     image = np.random.default_rng(1).normal(size=(1, 300, 260)).astype(np.float32)
-    store = write_dataset(tmp_path / "img.zarr", {"a": image}, normalization={"mean": [0.0], "std": [1.0]}, chunk=128)
+    store = write_dataset(tmp_path / "img.zarr", {"a": image}, chunk=128)
     results = {}
     for device in ("cpu", "cuda"):
-        options = PredictOptions.from_settings({"device": device, "tile": 64, "chunk": 128, "batch_size": 4})
+        settings = {"device": device, "tile": 64, "chunk": 128, "batch_size": 4, "precision": "fp32"}
+        options = PredictOptions.from_settings(settings)
         out = predict_image(tmp_path / "model.pt", store, "a", tmp_path / f"{device}.ome.zarr", options)
         root = zarr.open_group(str(out), mode="r")
         results[device] = (root[level_path(PROBABILITIES, 0)][:], root[level_path(SEMANTIC, 0)][:])
