@@ -106,11 +106,13 @@ def postprocess_settings(settings: dict[str, Any], tuned: dict[str, Any] | None)
     return described
 
 
-def predicted_instances(
+def predicted_segmentation(
     path: Path, name: str, shape: tuple[int, ...], settings: dict[str, Any], tuned: dict[str, Any] | None = None
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The objects of prediction ``path`` of image ``name`` after the configured post-processing
-    (``tuned``: the tuned.json of the tune stage, for ``postprocess: tuned``)."""
+    (``tuned``: the tuned.json of the tune stage, for ``postprocess: tuned``), and the foreground
+    mask the pixel metrics score when the tuned choice has a pixel threshold of its own (else None:
+    they score the objects). The probabilities are read once for both."""
     try:
         image = open_ome_image(path)
         verify_store(image.group, path)
@@ -125,7 +127,8 @@ def predicted_instances(
         raise InputError(path, problem, "the same (Y, X) size")
     recompute = settings["postprocess"] == "watershed" or (settings["postprocess"] == "tuned" and tuned is not None)
     if not recompute:
-        return remove_small(np.asarray(instances[...]), 0 if settings["postprocess"] == "tuned" else settings["min_size"])
+        objects = remove_small(np.asarray(instances[...]), 0 if settings["postprocess"] == "tuned" else settings["min_size"])
+        return objects, None
     probabilities = image.levels[0]
     if probabilities.ndim != 3 or probabilities.shape[0] < 2:
         expected = "(classes >= 2, Y, X) with class 0 = background"
@@ -133,14 +136,12 @@ def predicted_instances(
     if settings["postprocess"] == "tuned":
         grown = image.attrs.get("instances", {})
         recipe = InstanceRule(grow=int(grown.get("grow", 0)), expand=int(grown.get("expand", 0)))
-        return tuned_objects(np.asarray(probabilities[...], dtype=np.float32), recipe, tuned["best"])
-    foreground = 1.0 - np.asarray(probabilities[0], dtype=np.float32)
-    return remove_small(postprocess.watershed(foreground, **settings["watershed"]), settings["min_size"])
-
-
-def thresholded_foreground(path: Path, threshold: float) -> np.ndarray:
-    """Where the foreground probability 1 - p(background) of prediction ``path`` exceeds ``threshold``."""
-    return 1.0 - np.asarray(open_ome_image(path).levels[0][0], dtype=np.float32) > threshold
+        values = np.asarray(probabilities[...], dtype=np.float32)
+        pixel = tuned.get("pixel")
+        foreground = None if pixel is None else 1.0 - values[0] > pixel["foreground_threshold"]
+        return tuned_objects(values, recipe, tuned["best"]), foreground
+    foreground_probability = 1.0 - np.asarray(probabilities[0], dtype=np.float32)
+    return remove_small(postprocess.watershed(foreground_probability, **settings["watershed"]), settings["min_size"]), None
 
 
 def undefined_as_null(value: Any) -> Any:
@@ -194,10 +195,10 @@ def score_split(
     rows, overlays = [], []
     for name, path in track(list(zip(names, paths)), "evaluate", "images"):
         gt = np.asarray(store[f"{LABELS}/{name}"][...])
-        pred = predicted_instances(path, name, gt.shape, settings, tuned)
+        pred, pixel_foreground = predicted_segmentation(path, name, gt.shape, settings, tuned)
         row = {"image": name, **evaluate_segmentation(gt, pred, thresholds)}
-        if settings["postprocess"] == "tuned" and tuned is not None and "pixel" in tuned:
-            row.update(pixel_metrics(gt > 0, thresholded_foreground(path, tuned["pixel"]["foreground_threshold"])))
+        if pixel_foreground is not None:
+            row.update(pixel_metrics(gt > 0, pixel_foreground))
         rows.append(row)
         if len(overlays) < settings["overlays"]:
             overlays.append((name, overlay_rgb(np.asarray(store[f"{IMAGES}/{name}"][...]), gt, pred)))
