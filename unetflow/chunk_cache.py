@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from unetflow.tiling import Box, TileLayout
+from unetflow.tiling import Box, TileLayout, assemble, chunks_under
 
 
 class CachedChunks:
@@ -30,19 +30,17 @@ class CachedChunks:
         self.shape = array.shape
         self.dtype = array.dtype
         self.capacity = capacity
-        self._chunk_y, self._chunk_x = array.chunks[-2:]
-        self._decoded: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._decoded: OrderedDict[Box, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _chunk(self, cy: int, cx: int) -> np.ndarray:
+    def _chunk(self, box: Box) -> np.ndarray:
         with self._lock:
-            if (cy, cx) in self._decoded:
-                self._decoded.move_to_end((cy, cx))
-                return self._decoded[(cy, cx)]
-        y0, x0 = cy * self._chunk_y, cx * self._chunk_x
-        data = self.array[..., y0 : y0 + self._chunk_y, x0 : x0 + self._chunk_x]
+            if box in self._decoded:
+                self._decoded.move_to_end(box)
+                return self._decoded[box]
+        data = self.array[(..., *box.slices)]
         with self._lock:
-            self._decoded[(cy, cx)] = data
+            self._decoded[box] = data
             while len(self._decoded) > self.capacity:
                 self._decoded.popitem(last=False)
         return data
@@ -50,14 +48,7 @@ class CachedChunks:
     def __getitem__(self, index: tuple[Any, slice, slice]) -> np.ndarray:
         _, rows, cols = index
         wanted = Box(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
-        out = np.empty((*self.shape[:-2], wanted.height, wanted.width), dtype=self.dtype)
-        for cy in range(wanted.y0 // self._chunk_y, (wanted.y1 - 1) // self._chunk_y + 1):
-            for cx in range(wanted.x0 // self._chunk_x, (wanted.x1 - 1) // self._chunk_x + 1):
-                chunk = Box(cy * self._chunk_y, cx * self._chunk_x, self._chunk_y, self._chunk_x)
-                part = chunk.intersection(wanted)  # never None: only chunks under ``wanted`` are visited
-                assert part is not None
-                out[(..., *part.relative_to(wanted).slices)] = self._chunk(cy, cx)[(..., *part.relative_to(chunk).slices)]
-        return out
+        return assemble(wanted, [(box, self._chunk(box)) for box in chunks_under(wanted, self.shape, self.array.chunks)])
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,7 +13,7 @@ halo. They hold integers only, so they are cheap to test exhaustively and to shi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,29 @@ class Box:
     def grown(self, margin: int) -> Box:
         """The box enlarged by ``margin`` pixels on every side."""
         return Box(self.y0 - margin, self.x0 - margin, self.height + 2 * margin, self.width + 2 * margin)
+
+
+def chunks_under(region: Box, shape: Sequence[int], chunks: Sequence[int]) -> list[Box]:
+    """The stored chunks of an array (chunking ``chunks`` of its last two axes, edge chunks clipped
+    to ``shape``) that ``region`` overlaps, row by row."""
+    (cy, cx), (h, w) = chunks[-2:], shape[-2:]
+    return [
+        Box(y, x, min(cy, h - y), min(cx, w - x))
+        for y in range(region.y0 // cy * cy, region.y1, cy)
+        for x in range(region.x0 // cx * cx, region.x1, cx)
+    ]
+
+
+def assemble(region: Box, parts: Sequence[tuple[Box, np.ndarray]]) -> np.ndarray:
+    """``region`` cut from the chunks covering it (``chunks_under``): ``parts`` are (chunk box, its
+    data with every leading axis). Always a new array."""
+    first = parts[0][1]
+    out = np.empty((*first.shape[:-2], region.height, region.width), dtype=first.dtype)
+    for box, data in parts:
+        part = box.intersection(region)
+        assert part is not None  # only chunks under the region are given
+        out[(..., *part.relative_to(region).slices)] = data[(..., *part.relative_to(box).slices)]
+    return out
 
 
 @dataclass(frozen=True)

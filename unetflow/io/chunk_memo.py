@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from unetflow.tiling import Box
+from unetflow.tiling import Box, assemble, chunks_under
 
 MEMO_BYTES = 128 * 1024**2
 """Default budget: 16 probability chunks of 2 classes at 1024^2 float32, or all chunks of a
@@ -74,7 +74,7 @@ class ChunkMemo:
             if path not in self._grids:
                 return None
             shape, chunks = self._grids[path]
-            boxes = _chunks_under(region, shape, chunks)
+            boxes = chunks_under(region, shape, chunks)
             if not all((path, box) in self._chunks for box in boxes):
                 return None
             parts = []
@@ -82,14 +82,8 @@ class ChunkMemo:
                 self._chunks.move_to_end((path, box))
                 parts.append((box, self._chunks[(path, box)]))
         if len(parts) == 1 and parts[0][0] == region:
-            return parts[0][1]
-        first = parts[0][1]
-        out = np.empty((*first.shape[:-2], region.height, region.width), dtype=first.dtype)
-        for box, data in parts:
-            part = box.intersection(region)
-            assert part is not None  # only chunks under the region were collected
-            out[(..., *part.relative_to(region).slices)] = data[(..., *part.relative_to(box).slices)]
-        return out
+            return parts[0][1]  # the kept chunk itself (read-only): no copy
+        return assemble(region, parts)
 
 
 def _is_stored_chunk(region: Box, shape: tuple[int, ...], chunks: tuple[int, ...]) -> bool:
@@ -101,16 +95,6 @@ def _is_stored_chunk(region: Box, shape: tuple[int, ...], chunks: tuple[int, ...
         and region.height == min(cy, h - region.y0)
         and region.width == min(cx, w - region.x0)
     )
-
-
-def _chunks_under(region: Box, shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[Box]:
-    """The stored chunks (clipped to the array) that ``region`` overlaps, row by row."""
-    (cy, cx), (h, w) = chunks[-2:], shape[-2:]
-    return [
-        Box(y, x, min(cy, h - y), min(cx, w - x))
-        for y in range(region.y0 // cy * cy, region.y1, cy)
-        for x in range(region.x0 // cx * cx, region.x1, cx)
-    ]
 
 
 _ACTIVE: dict[str, ChunkMemo] = {}
