@@ -26,7 +26,6 @@ a folder at ``out`` is always a valid package.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import shutil
@@ -49,7 +48,7 @@ from unetflow.normalize import Normalization, apply
 from unetflow.plots.common import display_image
 from unetflow.plots.evaluation import save_rgb
 from unetflow.inference import TilePredictor, load_trained_model
-from unetflow.store import IMAGES, atomic_output, open_store, split_names
+from unetflow.store import IMAGES, atomic_output, file_digest, open_store, split_names
 from unetflow.tiling import read_window
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ def crop_edge(model: UNet, wanted: int) -> int:
 
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file, as the rdf records it for every file (bioimage.io checks them)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_digest(path).hexdigest()
 
 
 # -- pieces of the package -------------------------------------------------------------------------

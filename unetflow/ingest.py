@@ -7,7 +7,6 @@ a slide store holds one (possibly huge) unlabelled image. Both record where the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from datetime import datetime, timezone
@@ -24,7 +23,7 @@ from unetflow.io.pixel_size import chosen_pixel_size
 from unetflow.io.tiff_metadata import tiff_pixel_size
 from unetflow.io.pixels import finite_pixels
 from unetflow.io.sources import DATASET_READERS, Sample, open_tiff_lazily, open_zarr_image, zarr_pixel_size
-from unetflow.store import val_doubles_as_test, write_dataset
+from unetflow.store import file_digest, val_doubles_as_test, write_dataset
 from unetflow.synthetic import CellStyle, make_dataset, write_giant_slide
 
 log = logging.getLogger(__name__)
@@ -35,11 +34,7 @@ def sha256(path: Path) -> str | None:
     """SHA-256 of a file, or None for folders and files above HASH_LIMIT_BYTES."""
     if not path.is_file() or path.stat().st_size > HASH_LIMIT_BYTES:
         return None
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path).hexdigest()
 
 
 def _provenance(sources: list[str], settings: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ this depends on what is computed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from unetflow.instances import CONNECTIVITY, InstanceRule
 from unetflow.io.ome_zarr import SEEDS, create_prediction, open_ome_image
 from unetflow.io.pixel_size import PixelSize
 from unetflow.model import UNet
-from unetflow.store import ATTRS_KEY, image_pixel_size, open_store, store_meta
+from unetflow.store import ATTRS_KEY, file_digest, image_pixel_size, open_store, store_meta
 from unetflow.tiling import TileLayout
 
 if TYPE_CHECKING:
@@ -66,10 +65,7 @@ def fingerprint(
     The precision is the resolved one (``auto`` means bf16 on one machine and fp32 on another,
     whose outputs differ slightly), so a resumed prediction never mixes chunks of both.
     """
-    digest = hashlib.sha256()
-    with checkpoint.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    digest = file_digest(checkpoint)
     written = (image_store / image_array.path / "zarr.json").stat().st_mtime_ns
     relevant = {k: getattr(options, k) for k in ("tile", "chunk", "dtype", "tta", "pyramid_levels")}
     relevant["precision"] = precision.name

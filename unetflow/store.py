@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -73,6 +74,16 @@ normalise twice, so they are refused."""
 
 class StoreError(ValueError):
     """A store is missing, incomplete or not of the expected kind."""
+
+
+def file_digest(path: str | Path, digest: Any = None) -> Any:
+    """``digest`` (a new SHA-256 by default) fed with the bytes of file ``path``, 1 MiB at a time,
+    so a model or a source image of any size is hashed without being read into memory whole."""
+    digest = hashlib.sha256() if digest is None else digest
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest
 
 
 def _remove(path: Path, attempts: int = 5) -> None:
