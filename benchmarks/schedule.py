@@ -53,13 +53,14 @@ def main() -> None:
             train = stage_settings("train", json.dumps({
                 "device": args.device, "num_threads": args.threads, "optimizer": "adam", "lr": 1e-3, "tile": 92,
                 "steps": args.steps, "val_every": max(1, args.steps // 4), "checkpoint_every": args.steps,
+                "select": "fg_iou",
                 "schedule": {"name": name, "warmup_steps": 0 if name == "constant" else args.warmup_steps},
             }))
             start = time.perf_counter()
             trainer = Trainer(data, weights, Path(tmp) / name, model, train)
             summary = trainer.run(progress=False)
             tail = [row["train_loss"] for row in trainer.history[-max(1, args.steps // 10):]]
-            rows.append((name, summary["best_val_iou"], sum(tail) / len(tail), time.perf_counter() - start))
+            rows.append((name, summary["best_val_score"], sum(tail) / len(tail), time.perf_counter() - start))
     base_iou, base_loss = rows[0][1], rows[0][2]
     print(f"{'schedule':<10} {'best val IoU':>12} {'x constant':>10} {'late train loss':>15} {'x constant':>10} {'s':>6}")
     for name, iou, loss, seconds in rows:

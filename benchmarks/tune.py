@@ -25,7 +25,8 @@ from unetflow.instances import InstanceRule
 from unetflow.metrics import evaluate_segmentation
 from unetflow.postprocess import tuned_objects
 from unetflow.targets import TargetSettings, targets
-from unetflow.tune import IOU_THRESHOLDS, candidates, min_sizes, search
+from unetflow.objectives import IOU_THRESHOLDS
+from unetflow.tune import candidates, min_sizes, search
 
 
 def touching_discs(size: int, seed: int) -> np.ndarray:

@@ -100,6 +100,25 @@ def test_rigid_transforms_stay_inside_the_read_border() -> None:
     assert max(src_y.abs().max().item(), src_x.abs().max().item()) <= half + 1e-4
 
 
+def test_zoom_scales_objects_within_its_range_and_stays_inside_the_border() -> None:
+    """A centred disc of radius 10 comes out with its area scaled by 1/zoom^2, zooms spread over
+    [1/1.5, 1.5] and the source coordinates stay inside the window the sampler reads."""
+    settings = AugmentSettings(**{**OFF.__dict__, "scale": 0.5, "rotate_degrees": 15.0})
+    aug = Augmenter(settings, 64, 64, _gen(4))
+    src_y, src_x = aug._source_coords(256)
+    half = (64 + 2 * aug.border - 1) / 2
+    assert max(src_y.abs().max().item(), src_x.abs().max().item()) <= half + 1e-4
+    edge = 64 + 2 * aug.border
+    yy, xx = torch.meshgrid(torch.arange(edge) - (edge - 1) / 2, torch.arange(edge) - (edge - 1) / 2, indexing="ij")
+    disc = ((yy**2 + xx**2) < 100).long()
+    label = disc.expand(256, edge, edge).clone()
+    image = label[:, None].float()
+    _, out_label, _ = aug(image, label, label.float())
+    zoom = (math.pi * 100 / out_label.flatten(1).sum(1).float()).sqrt()  # area ratio -> linear factor
+    assert zoom.min() > 1 / 1.5 - 0.06 and zoom.max() < 1.5 + 0.06
+    assert zoom.min() < 0.75 and zoom.max() > 1.35 and (zoom - 1).abs().median() > 0.1
+
+
 def test_same_seed_same_batch_and_samples_differ() -> None:
     settings = AugmentSettings()
     a, b = Augmenter(settings, 28, 20, _gen(7)), Augmenter(settings, 28, 20, _gen(7))

@@ -243,7 +243,7 @@ def test_short_training_beats_an_untrained_net(tmp_path: Path) -> None:
                           "num_threads": 1, "optimizer": "adam", "lr": 0.01}}
     untrained = Trainer(data, weights, tmp_path / "untrained", _model_settings(**settings["model"]),
                         stage_settings("train", json.dumps(settings["train"])))
-    _, untrained_iou = untrained.validate()
+    untrained_iou = untrained.validate().fg_iou
     model_dir, curves = tmp_path / "run" / "model", tmp_path / "run" / "plots" / "curves.png"
     argv = ["train", str(data), str(weights), str(model_dir), "--settings", json.dumps(settings)]
     assert main([*argv, "--curves", str(curves)]) == 0
@@ -257,11 +257,60 @@ def test_short_training_beats_an_untrained_net(tmp_path: Path) -> None:
     assert meta["normalization"]["mean"] == pytest.approx([train_pixels.mean()], rel=1e-5)
     assert meta["normalization"]["std"] == pytest.approx([train_pixels.std()], rel=1e-4)
     best = torch.load(model_dir / "best.pt", weights_only=True)
-    assert best["val_iou"] == pytest.approx(metrics["val_iou"].max())
-    assert untrained_iou < 0.5 < 0.8 < best["val_iou"]
+    assert best["select"] == "f1_mean" and best["val_score"] == pytest.approx(metrics["val_score"].max())
+    assert untrained_iou < 0.5 < 0.8 < metrics["val_iou"].max()
     model = load_model(model_dir)
     assert model.config["base_channels"] == 8 and not model.training
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _object_f1_mean(model_dir: Path, data: Path) -> float:
+    """Mean over the val images of F1 averaged over IoU 0.5:0.95 of a 2-class model's objects at
+    the default threshold (4-connected components of p(class 1) > 0.5), computed apart from
+    ``unetflow.validation`` and ``unetflow.objectives``."""
+    from scipy import ndimage
+
+    from unetflow.inference import TilePredictor, predict_region, tile_layout
+    from unetflow.metrics import evaluate_segmentation
+    from unetflow.devices import resolve_precision
+    from unetflow.normalize import Normalization, apply
+    from unetflow.tiling import Box
+
+    model = load_model(model_dir)
+    normalization = Normalization.from_settings(json.loads((model_dir / "model.json").read_text())["normalization"])
+    predictor = TilePredictor(model, torch.device("cpu"), resolve_precision("fp32", torch.device("cpu")))
+    group, thresholds = open_store(data), np.round(np.arange(0.5, 0.951, 0.05), 2)
+    scores = []
+    for name in split_names(group, "val"):
+        raw = group[f"images/{name}"][:]
+        image = apply(raw, normalization.statistics(raw))
+        height, width = image.shape[-2:]
+        probs = predict_region(predictor, image, tile_layout(model, 256, 1024, height, width), Box(0, 0, height, width), 4, False)
+        objects, _ = ndimage.label(probs[1] > 0.5)
+        row = evaluate_segmentation(group[f"labels/{name}"][:], objects, thresholds)
+        scores.append(np.mean([row[f"f1@{t:g}"] for t in thresholds]))
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("select", ["f1_mean", "rand", "fg_iou"])
+def test_best_checkpoint_is_the_best_select_score(tmp_path: Path, select: str) -> None:
+    data, weights = _stores(tmp_path, n_images=4, size=48)
+    settings = _train_settings(steps=9, val_every=3, select=select)
+    final = train_model(data, weights, tmp_path / "model", _model_settings(), settings, progress=False)
+    val = pd.read_csv(final / "metrics.csv").dropna(subset=["val_score"])
+    assert len(val) == 3
+    scores = val["val_score"].to_numpy()
+    chosen = int(val["step"].iloc[int(np.argmin(scores) if select == "rand" else np.argmax(scores))])
+    best = torch.load(final / "best.pt", weights_only=True)
+    assert best["step"] == chosen and best["select"] == select
+    meta = json.loads((final / "model.json").read_text())
+    assert meta["select"] == select and meta["best_val_score"] == pytest.approx(scores.min() if select == "rand" else scores.max())
+    if select == "fg_iou":
+        assert np.array_equal(scores, val["val_iou"].to_numpy())
+    else:
+        assert ((0 <= scores) & (scores <= 1)).all()
+    if select == "f1_mean":  # the recorded score is the objects' score of the weights it was recorded for
+        assert best["val_score"] == pytest.approx(_object_f1_mean(final, data), abs=1e-6)
 
 
 def test_raising_steps_on_a_finished_run_continues_from_last_checkpoint(tmp_path: Path) -> None:

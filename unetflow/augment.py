@@ -2,8 +2,8 @@
 
 The paper's key augmentation is a smooth elastic deformation: random displacements on a coarse
 3x3 grid (Gaussian, 10 px standard deviation) interpolated bicubically to a per-pixel field. Here
-that field, random flips / 90-degree rotations, a small rotation and a shift are composed into
-ONE sampling grid per sample, so image, label and weight map are resampled exactly once and
+that field, random flips / 90-degree rotations, a small rotation, a zoom and a shift are composed
+into ONE sampling grid per sample, so image, label and weight map are resampled exactly once and
 stay aligned: the image bilinearly, label and weight with nearest neighbour (so every output
 pixel keeps a label and the weight computed for that same source pixel).
 
@@ -12,6 +12,10 @@ output window for label and weight), while the source windows the sampler reads 
 ``Augmenter.border`` pixels further on every side, so deformed tiles pull real image content (or
 the store's mirror padding) rather than padding made up at the tile edge. Gray-value changes
 (intensity inversion, gamma, contrast, Gaussian noise) follow on the image only.
+
+The zoom (``scale``) draws a factor log-uniformly from [1/(1+scale), 1+scale]: nnU-Net's scaling
+(0.7-1.4), for data whose objects come in several sizes (the DSB 2018 nuclei span 10-60 px across
+modalities), so that the net sees each kind of object at more than its one acquired size.
 
 Inversion (``invert``, a probability) mirrors intensities about the normalisation's mid-grey
 (``1 - x`` after percentile normalisation, ``-x`` after z-scoring). It is for datasets that mix
@@ -44,6 +48,7 @@ class AugmentSettings:
     flip: bool = True
     rot90: bool = True
     rotate_degrees: float = 15.0
+    scale: float = 0.0
     shift: float = 0.0
     gamma: float = 0.2
     contrast: float = 0.1
@@ -63,6 +68,7 @@ class AugmentSettings:
             or self.flip
             or self.rot90
             or self.rotate_degrees > 0
+            or self.scale > 0
             or self.shift > 0
         )
 
@@ -129,9 +135,10 @@ class Augmenter:
         if not s.geometric:
             return 0
         corner = (self.in_size - 1) / 2 * math.sqrt(2)  # flips and 90-degree turns keep the square
-        rotation = 2 * corner * math.sin(math.radians(s.rotate_degrees) / 2)
+        zoom = 1 + s.scale  # the largest factor: a zoom out reads farther than the tile
+        rotation = 2 * zoom * corner * math.sin(math.radians(s.rotate_degrees) / 2)
         elastic = 3 * s.elastic_sigma if s.elastic else 0.0
-        return math.ceil(rotation + s.shift * math.sqrt(2) + elastic)
+        return math.ceil(corner * (zoom - 1) + rotation + s.shift * math.sqrt(2) + elastic)
 
     def _source_coords(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Source coordinates (N, in, in) relative to the tile centre for every kept input pixel."""
@@ -145,14 +152,18 @@ class Augmenter:
             angle = angle + torch.randint(0, 4, (n,), generator=g, device=device) * (math.pi / 2)
         if s.rotate_degrees > 0:
             angle = angle + torch.deg2rad(_uniform(n, -s.rotate_degrees, s.rotate_degrees, g))
+        zoom = torch.ones(n, 1, 1, device=device)
+        if s.scale > 0:
+            reach = math.log1p(s.scale)
+            zoom = torch.exp(_uniform(n, -reach, reach, g)).view(n, 1, 1)
         shift = torch.zeros(n, 2, device=device)
         if s.shift > 0:
             shift = (torch.rand(n, 2, generator=g, device=device) * 2 - 1) * s.shift
         y, x = _centred_coords(self.in_size, device)
         cos = torch.cos(angle).view(n, 1, 1)
         sin = torch.sin(angle).view(n, 1, 1)
-        src_x = (cos * x - sin * y) * flip.view(n, 1, 1) + shift[:, 1].view(n, 1, 1)
-        src_y = sin * x + cos * y + shift[:, 0].view(n, 1, 1)
+        src_x = zoom * (cos * x - sin * y) * flip.view(n, 1, 1) + shift[:, 1].view(n, 1, 1)
+        src_y = zoom * (sin * x + cos * y) + shift[:, 0].view(n, 1, 1)
         if s.elastic and s.elastic_sigma > 0:
             field = elastic_field(n, self.in_size, s.elastic_grid, s.elastic_sigma, g)
             src_y = src_y + field[:, 0]

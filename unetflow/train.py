@@ -7,7 +7,8 @@ its last checkpoint continues with exactly the batches, augmentations and dropou
 uninterrupted run would have used (bit-identical on the CPU; on CUDA up to cuDNN's
 non-determinism) -- within one precision: a checkpoint of another precision starts afresh. The
 learning rate follows ``train.schedule`` as a pure function of the step (``unetflow.schedule``),
-so it resumes exactly too. ``best.pt`` holds the weights with the best validation foreground IoU.
+so it resumes exactly too. ``best.pt`` holds the weights with the best validation score
+(``train.select``: by default the objects' mean F1, ``unetflow.validation``).
 Weights and checkpoints are fp32 in every precision; bf16/fp16 is only the autocast of the
 network's forward.
 
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -42,18 +44,19 @@ from unetflow import rng_state
 from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.config import ConfigError
 from unetflow.devices import pick_device, resolve_precision
+from unetflow.instances import InstanceRule
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.normalize import Normalization
 from unetflow.progress import Progress
 from unetflow.sampling import TileSampler, open_split
 from unetflow.schedule import lr_factor
-from unetflow.store import IMAGES, StoreError, atomic_output, open_store, split_names, store_meta
-from unetflow.validation import validation_scores
+from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta
+from unetflow.validation import Selection, ValidationScores, validation_scores
 
 log = logging.getLogger(__name__)
 
 METRICS_CSV = "metrics.csv"
-METRIC_FIELDS = ("step", "train_loss", "val_loss", "val_iou", "lr")
+METRIC_FIELDS = ("step", "train_loss", "val_loss", "val_iou", "val_score", "lr")
 LENGTH_KEYS = ("steps", "minutes")  # how long a run trains, not what it trains: not compared on resume
 
 
@@ -99,7 +102,7 @@ class Trainer:
         self._build_sampling(data, data_store, weights_store, model_settings)
         self._build_optimizer()
         self.step = 0
-        self.best_iou = -math.inf
+        self.best_score: float | None = None  # the train.select score of best.pt
         self.history: list[dict[str, Any]] = []
         self.elapsed_s = 0.0  # training wall-clock time of all sessions of this run, up to the last checkpoint
         self._session_start = self.clock()
@@ -163,7 +166,12 @@ class Trainer:
             mid_grey=self.normalization.mid_grey,
         )
         train_arrays = open_split(data_store, weights_store, train_names, self.normalization)
-        self.val_arrays = open_split(data_store, weights_store, split_names(data, "val"), self.normalization)
+        val_names = split_names(data, "val")
+        self.val_arrays = open_split(data_store, weights_store, val_names, self.normalization)
+        grown = self.recipe.get("instances") or {"grow": 0, "expand": 0}
+        self.selection = Selection(self.cfg["select"], InstanceRule(grow=int(grown["grow"]), expand=int(grown["expand"])))
+        # the val images' objects, for an object score (val splits are dataset images, never slides)
+        self.val_truths = [np.asarray(data[LABELS][name][...]) for name in val_names] if self.selection.needs_objects else []
         self.sampler = TileSampler(
             train_arrays,
             self.out_size,
@@ -218,10 +226,13 @@ class Trainer:
         self.scaler.update()
         return value
 
-    def validate(self) -> tuple[float, float]:
-        """Weighted loss per pixel and pooled foreground IoU over the whole validation images
+    def validate(self) -> ValidationScores:
+        """Loss, foreground IoU and the selection's object score over the whole validation images
         (``unetflow.validation``); the model is back in training mode afterwards."""
-        scores = validation_scores(self.model, self.device, self.precision, self.val_arrays, self.cfg["batch_size"])
+        scores = validation_scores(
+            self.model, self.device, self.precision, self.val_arrays, self.cfg["batch_size"],
+            truths=self.val_truths, selection=self.selection,
+        )
         self.model.train()
         return scores
 
@@ -249,7 +260,7 @@ class Trainer:
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(),
             step=self.step,
-            best_iou=self.best_iou,
+            best_score=self.best_score,
             history=self.history,
             rng=rng_state.capture(self._generators(), self.device.type == "cuda"),
             schedule={**self.cfg["schedule"], "total_steps": int(self.cfg["steps"])},
@@ -261,13 +272,17 @@ class Trainer:
         )
         self.write_metrics()
 
-    def save_best(self, val_loss: float | None, val_iou: float | None) -> None:
+    def save_best(self, row: dict[str, Any] | None) -> None:
+        """best.pt from the current weights, with the validation row that chose them (None: no val split)."""
+        row = row or {}
         save_checkpoint(
             self.work_dir / BEST,
             self.model,
             step=self.step,
-            val_loss=val_loss,
-            val_iou=val_iou,
+            val_loss=row.get("val_loss"),
+            val_iou=row.get("val_iou"),
+            val_score=row.get("val_score"),
+            select=self.cfg["select"],
             settings=self.settings,
             recipe=self.recipe,
             normalization=self.normalization.to_json(),
@@ -304,7 +319,7 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.step = int(checkpoint["step"])
-        self.best_iou = float(checkpoint["best_iou"])
+        self.best_score = checkpoint.get("best_score")
         self.history = list(checkpoint["history"])
         self.elapsed_s = float(checkpoint.get("elapsed_s", 0.0))
         rng_state.restore(checkpoint["rng"], self._generators())
@@ -354,7 +369,7 @@ class Trainer:
                 self.history.append(row)
                 if self.step % self.cfg["checkpoint_every"] == 0 or self.step in (stop, steps) or timed_out:
                     self.save_last()
-                shown = f", val_iou {row['val_iou']:.3f}" if row["val_iou"] is not None else ""
+                shown = f", val {self.cfg['select']} {row['val_score']:.3f}" if row["val_score"] is not None else ""
                 bar.set(self.step, note=f"loss {row['train_loss']:.4f}{shown}")
         if timed_out and self.step < steps:
             log.warning(
@@ -364,7 +379,7 @@ class Trainer:
         if self.step == steps or timed_out:
             self._finish()
         self.elapsed_s = self.elapsed()
-        return {"step": self.step, "best_val_iou": self.best_iou if self.val_arrays else None, "timed_out": timed_out}
+        return {"step": self.step, "best_val_score": self.best_score, "timed_out": timed_out}
 
     def _one_step(self, steps: int) -> tuple[dict[str, Any], bool]:
         """Train one step and validate when due (every ``val_every`` steps and at the run's last);
@@ -373,22 +388,24 @@ class Trainer:
         loss = self.train_step(self.next_batch())
         self.step += 1
         timed_out = self.out_of_time()
-        row: dict[str, Any] = {"step": self.step, "train_loss": loss, "val_loss": None, "val_iou": None, "lr": lr}
+        row: dict[str, Any] = {"step": self.step, "train_loss": loss, "val_loss": None, "val_iou": None, "val_score": None, "lr": lr}
         if self.val_arrays and (self.step % self.cfg["val_every"] == 0 or self.step == steps or timed_out):
             self._validate_into(row)
         return row, timed_out
 
     def _validate_into(self, row: dict[str, Any]) -> None:
-        """Validate, record the scores in ``row`` and keep the weights as best.pt if they are the best yet."""
-        row["val_loss"], row["val_iou"] = self.validate()
-        if row["val_iou"] > self.best_iou:
-            self.best_iou = row["val_iou"]
-            self.save_best(row["val_loss"], row["val_iou"])
+        """Validate, record the scores in ``row`` and keep the weights as best.pt if their
+        ``train.select`` score is the best yet (the first of equals)."""
+        scores = self.validate()
+        row["val_loss"], row["val_iou"], row["val_score"] = scores.loss, scores.fg_iou, scores.selected(self.selection)
+        if self.selection.better(row["val_score"], self.best_score):
+            self.best_score = row["val_score"]
+            self.save_best(row)
 
     def _finish(self) -> None:
         if not self.val_arrays:
             log.warning("no validation images: best.pt holds the final weights")
-            self.save_best(None, None)
+            self.save_best(None)
         write_model_json(
             self.work_dir,
             self.model,
@@ -398,7 +415,8 @@ class Trainer:
             trained_steps=self.step,
             precision=self.precision.name,
             tile={"input": self.in_size, "output": self.out_size, "margin": self.model.margin},
-            best_val_iou=self.best_iou if self.val_arrays else None,
+            select=self.cfg["select"],
+            best_val_score=self.best_score,
         )
 
 

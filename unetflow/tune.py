@@ -48,40 +48,16 @@ from typing import Any
 import numpy as np
 
 from unetflow.evaluate import prediction_paths
-from unetflow.instances import InstanceRule, remove_small
+from unetflow.instances import InstanceRule
 from unetflow.io.errors import InputError
 from unetflow.io.ome_zarr import open_ome_image
-from unetflow.metrics import adapted_rand, match_objects, overlap
 from unetflow.model import load_checkpoint
+from unetflow.objectives import higher_is_better, scores
 from unetflow.postprocess import tuned_objects
 from unetflow.store import LABELS, StoreError, atomic_output, open_store, split_names
 from unetflow.tuned import ENTRY_KEYS
 
 log = logging.getLogger(__name__)
-
-IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
-#: objective -> (IoU thresholds it matches at, whether higher is better)
-OBJECTIVES: dict[str, tuple[tuple[float, ...], bool]] = {
-    "f1_mean": (IOU_THRESHOLDS, True),
-    "ap": (IOU_THRESHOLDS, True),
-    "f1_0.5": ((0.5,), True),
-    "rand": ((), False),
-}
-
-
-def scores(gt: np.ndarray, pred: np.ndarray, sizes: Sequence[int], objective: str) -> list[float]:
-    """One image's objective at each ``min_size`` of ``sizes``: mean F1 or DSB AP over the IoU
-    thresholds, F1 at 0.5, or the foreground-restricted adapted Rand error (lower is better).
-
-    Matching objectives count the object overlaps once and drop the small objects from them
-    (``Overlap.without_small_predictions``), not from the image.
-    """
-    if objective == "rand":
-        return [adapted_rand(gt, remove_small(pred, size))["rand_error"] for size in sizes]
-    thresholds, _ = OBJECTIVES[objective]
-    counted = overlap(gt, pred)
-    key = "ap" if objective == "ap" else "f1"
-    return [float(match_objects(counted.without_small_predictions(size), thresholds)[key].mean()) for size in sizes]
 
 
 def candidates(settings: dict[str, Any], n_classes: int, object_size: dict[str, Any]) -> list[dict[str, Any]]:
@@ -176,7 +152,7 @@ def pixel_threshold(images: Sequence[tuple[str, np.ndarray, np.ndarray]], thresh
 def best(rows: Sequence[dict[str, Any]], objective: str, default: dict[str, Any]) -> dict[str, Any]:
     """The best row (the first of equals, in grid order), or ``default`` unless strictly better:
     a flat objective (e.g. a model that finds nothing) keeps the defaults."""
-    _, higher = OBJECTIVES[objective]
+    higher = higher_is_better(objective)
     found = max(rows, key=lambda row: row["score"]) if higher else min(rows, key=lambda row: row["score"])
     better = found["score"] > default["score"] if higher else found["score"] < default["score"]
     return found if better else default
@@ -215,7 +191,7 @@ def tune(
     )
     result = {
         "objective": objective,
-        "higher_is_better": OBJECTIVES[objective][1],
+        "higher_is_better": higher_is_better(objective),
         "split": "val",
         "images": [name for name, _, _ in images],
         "n_classes": n_classes,

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> None:
     model, train = train_settings(args)
     final = train_model(args.data_store, args.weights_store, args.model_dir, model, train, resume=args.resume)
     if args.curves:
-        plot_training_curves(final / METRICS_CSV, args.curves)
+        plot_training_curves(final / METRICS_CSV, args.curves, select=train["select"])
     log.info("model written to %s (model.json, best.pt, last.pt, %s)", final, METRICS_CSV)
 
 
