@@ -25,7 +25,7 @@ import torch
 
 from unetflow.devices import Precision, explicit_precisions
 from unetflow.model import UNet
-from unetflow.train import weighted_cross_entropy
+from unetflow.losses import weighted_cross_entropy
 
 CPU = torch.device("cpu")
 

@@ -38,13 +38,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from unetflow import rng_state
 from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.config import ConfigError
 from unetflow.devices import pick_device, resolve_precision
 from unetflow.instances import InstanceRule
+from unetflow.losses import LOSSES
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.normalize import Normalization
 from unetflow.progress import Progress
@@ -62,16 +62,6 @@ LENGTH_KEYS = ("steps", "minutes")  # how long a run trains, not what it trains:
 
 class TrainingDiverged(ConfigError):
     """The loss became NaN/inf: a settings problem (learning rate, precision), fixed by the user."""
-
-
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels of ``w(x) * -log softmax(logits)(x)[target(x)]`` (the paper's eq. 1).
-
-    Computed in float32 even under autocast so the weights of rare border pixels are not lost to
-    half precision.
-    """
-    ce = F.cross_entropy(logits.float(), target, reduction="none")
-    return (weight * ce).mean()
 
 
 def comparable_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +207,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.precision.autocast(self.device):
             logits = self.model(self.precision.prepare_input(image))
-        loss = weighted_cross_entropy(logits, target, weight)
+        loss = LOSSES[self.cfg["loss"]](logits, target, weight)
         value = loss.item()
         if not math.isfinite(value):
             self._diverged(f"training loss became {value} at step {self.step + 1}")
