@@ -66,6 +66,9 @@ class TilePredictor:
     One instance per process and device is shared by all dask threads. Forwards are serialised
     by a lock: the model then uses every core (or the whole GPU) for one batch while the other
     threads read and write chunks, and peak activation memory is one batch's, not one per thread.
+    A caller with several batches holds the model for all of them (``reserved``), so the chunk
+    that started first finishes first and is written while the next one runs, rather than two
+    chunks taking turns batch by batch and both waiting to be written until both are done.
     The network runs in ``precision`` (autocast and memory layout); softmax and the returned
     probabilities are fp32.
     """
@@ -75,7 +78,11 @@ class TilePredictor:
         self.device = device
         self.precision = precision
         self.n_classes = int(model.config["n_classes"])
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    def reserved(self) -> threading.RLock:
+        """The model for this thread alone until the ``with`` block ends (calls inside it do not wait)."""
+        return self._lock
 
     def __call__(self, windows: np.ndarray, tta: bool = False) -> np.ndarray:
         """(N, C, s, s) float32 windows -> (N, n_classes, t, t) float32 probabilities.
@@ -177,15 +184,16 @@ def predict_region(
     block = block.astype(np.float32, copy=False)
     tiles = layout.tiles(region)
     out = np.empty((predictor.n_classes, region.height, region.width), dtype=np.float32)
-    for start in range(0, len(tiles), batch_size):
-        batch = tiles[start : start + batch_size]
-        windows = np.stack([block[(..., *layout.window(t).relative_to(block_box).slices)] for t in batch])
-        probs = predictor(windows, tta)
-        crop = (probs.shape[-1] - layout.tile) // 2  # a same-padded net also returns the context
-        for tile, tile_probs in zip(batch, probs[..., crop : crop + layout.tile, crop : crop + layout.tile]):
-            part = tile.intersection(region)
-            if part is not None:
-                out[(..., *part.relative_to(region).slices)] = tile_probs[(..., *part.relative_to(tile).slices)]
+    with predictor.reserved():  # all batches of this region in a row (see TilePredictor)
+        for start in range(0, len(tiles), batch_size):
+            batch = tiles[start : start + batch_size]
+            windows = np.stack([block[(..., *layout.window(t).relative_to(block_box).slices)] for t in batch])
+            probs = predictor(windows, tta)
+            crop = (probs.shape[-1] - layout.tile) // 2  # a same-padded net also returns the context
+            for tile, tile_probs in zip(batch, probs[..., crop : crop + layout.tile, crop : crop + layout.tile]):
+                part = tile.intersection(region)
+                if part is not None:
+                    out[(..., *part.relative_to(region).slices)] = tile_probs[(..., *part.relative_to(tile).slices)]
     return out
 
 
