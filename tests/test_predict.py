@@ -240,6 +240,17 @@ def test_a_region_keeps_the_model_until_all_its_batches_ran(tmp_path: Path) -> N
     assert np.array_equal(np.concatenate([results[0], results[1]], axis=-1), whole)
 
 
+def test_the_checkpoint_is_read_once_per_prediction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict checks the model, then its chunk tasks build the predictor from the same contents."""
+    _model(tmp_path / "m.pt")
+    store = _store(tmp_path / "d.zarr", {"a": _image(60, 50)})
+    reads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    _predict(tmp_path, tmp_path / "m.pt", store)
+    assert [Path(p) for p in reads] == [tmp_path / "m.pt"]
+
+
 def test_float16_output(tmp_path: Path) -> None:
     net = _model(tmp_path / "m.pt")
     image = _image(80, 70)

@@ -19,7 +19,7 @@ import torch
 from unetflow.devices import Precision
 from unetflow.instances import InstanceRule
 from unetflow.io.errors import InputError
-from unetflow.model import BEST, UNet, load_checkpoint, load_model, model_from_checkpoint
+from unetflow.model import BEST, UNet, load_checkpoint, model_from_checkpoint
 from unetflow.normalize import Normalization
 from unetflow.tiling import Box, TileLayout, align_up, read_window
 
@@ -113,6 +113,14 @@ def checkpoint_file(model_path: str | Path) -> Path:
     return path / BEST if path.is_dir() else path
 
 
+@functools.lru_cache(maxsize=1)
+def _checkpoint_state(checkpoint: str, mtime_ns: int) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU, read once per process while the file is unchanged:
+    predict checks the model (``load_trained_model``) and then builds its predictor from the
+    same contents instead of reading the file again (callers must not change the dict)."""
+    return load_checkpoint(checkpoint, "cpu")
+
+
 _PREDICTOR_LOCK = threading.Lock()
 
 
@@ -122,7 +130,8 @@ def _load_predictor(
 ) -> TilePredictor:
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
-    return TilePredictor(load_model(checkpoint, device), torch.device(device), precision)
+    model = model_from_checkpoint(_checkpoint_state(checkpoint, mtime_ns), device)
+    return TilePredictor(model, torch.device(device), precision)
 
 
 def shared_predictor(model_path: str, device: str, precision: Precision, torch_threads: int = 0) -> TilePredictor:
@@ -140,7 +149,7 @@ def load_trained_model(model_path: Path) -> tuple[UNet, Normalization, InstanceR
     if not checkpoint.is_file():
         raise InputError(model_path, "no model checkpoint", f"a model directory with {BEST} or a .pt file")
     try:
-        state = load_checkpoint(checkpoint, "cpu")
+        state = _checkpoint_state(str(checkpoint), checkpoint.stat().st_mtime_ns)
         model = model_from_checkpoint(state, "cpu")
     except Exception as exc:  # torch.load raises many types for a torn, foreign or mismatched file
         raise InputError(checkpoint, f"cannot load the model ({exc})", "a checkpoint written by unetflow") from exc
