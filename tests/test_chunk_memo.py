@@ -3,6 +3,7 @@ never outliving the run, and predictions identical with and without it."""
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import dask
@@ -14,7 +15,8 @@ from scipy import ndimage
 
 import unetflow.io.chunk_memo as chunk_memo
 from unetflow.instances import InstanceRule
-from unetflow.io.chunk_memo import read_region, remembering, write_chunk
+import unetflow.io.chunked_instances as chunked_instances
+from unetflow.io.chunk_memo import KEPT_SHARE, keep, read_region, remembering, take, write_chunk
 from unetflow.io.chunked_instances import instance_labels
 from unetflow.io.ome_zarr import INSTANCES, SEMANTIC, create_prediction, level_path, open_ome_image, pyramid
 from unetflow.model import UNet, save_checkpoint
@@ -90,6 +92,52 @@ def test_a_recreated_store_never_sees_chunks_of_an_earlier_run(tmp_path: Path) -
         np.testing.assert_array_equal(read_region(root, "x", Box(0, 0, 40, 37)), 0)
         expected = _fill(root, seed=2).astype(np.float32)
         np.testing.assert_array_equal(read_region(root, "x", Box(0, 0, 40, 37)), expected)
+
+
+def test_kept_results_are_taken_once_and_stay_within_their_share(tmp_path: Path) -> None:
+    root = _array(tmp_path)
+    data = np.arange(CHUNK * CHUNK, dtype=np.int32).reshape(CHUNK, CHUNK)
+    boxes = [Box(0, 0, CHUNK, CHUNK), Box(0, CHUNK, CHUNK, CHUNK), Box(CHUNK, 0, CHUNK, CHUNK)]
+    keep(root, "local", boxes[0], data)  # outside remembering: nothing is kept
+    assert take(root, "local", boxes[0]) is None
+    with remembering(root, budget=12000) as memo:  # the 9 chunks (11840 bytes); 3000 for kept results
+        assert (12000 // KEPT_SHARE) // data.nbytes == 2
+        for box in boxes:
+            keep(root, "local", box, data + box.x0)
+        assert memo.kept_nbytes == 2 * data.nbytes and memo.nbytes == 0  # the third had no room; chunks untouched
+        _fill(root)
+        assert memo.nbytes == _stored(root).nbytes  # chunks keep their whole budget
+        first = take(root, "local", boxes[1])
+        assert first is not None and not first.flags.writeable
+        np.testing.assert_array_equal(first, data + CHUNK)
+        assert take(root, "local", boxes[1]) is None and take(root, "local", boxes[2]) is None
+        assert memo.kept_nbytes == data.nbytes
+
+
+def test_relabelling_reuses_the_labels_of_each_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk is labelled once when the memo has room (twice, label and relabel, when not)."""
+    noise = ndimage.gaussian_filter(np.random.default_rng(5).normal(size=(2, 70, 60)), (0, 3, 3))
+    probabilities = (np.exp(12 * noise) / np.exp(12 * noise).sum(axis=0)).astype(np.float32)
+    calls = []
+    real = chunked_instances._local_labels
+    monkeypatch.setattr(chunked_instances, "_local_labels", lambda *a: calls.append(a[1]) or real(*a))
+    results = []
+    for budget in (None, 0):
+        calls.clear()
+        root = tmp_path / f"p{budget}.ome.zarr"
+        create_prediction(root, n_classes=2, height=70, width=60, chunk=CHUNK, levels=1, dtype="float32", attrs={})
+        with remembering(root, budget) as memo:
+            for _, box in ChunkGrid(70, 60, CHUNK):
+                write_chunk(str(root), level_path("", 0), box, probabilities[(..., *box.slices)])
+            counted, _ = instance_labels(root, {})
+            n = dask.compute(counted, scheduler="threads", num_workers=2)[0]
+            assert memo.kept_nbytes == 0  # every kept result was taken
+        labelled = collections.Counter(calls)
+        assert set(labelled) == {box for _, box in ChunkGrid(70, 60, CHUNK)}
+        assert set(labelled.values()) == {1 if budget is None else 2}
+        results.append((n, open_ome_image(root).label("instances").levels[0][:]))
+    assert results[0][0] == results[1][0] > 3
+    np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
 def test_chunked_objects_and_pyramids_are_the_same_with_any_budget(tmp_path: Path) -> None:

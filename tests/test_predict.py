@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import dask
@@ -38,12 +40,12 @@ from unetflow.model import UNet, save_checkpoint
 from unetflow.instances import InstanceRule, grow_seeds
 from unetflow.normalize import Normalization
 from unetflow.chunk_cache import CachedChunks
-from unetflow.inference import DIHEDRAL, dihedral, tile_layout, undihedral
+from unetflow.inference import DIHEDRAL, TilePredictor, dihedral, predict_region, tile_layout, undihedral
 from unetflow.predict import PredictOptions, predict_image
 from unetflow.prediction_store import DONE_DIR, marker
 from unetflow.io.pixel_size import PixelSize
 from unetflow.store import write_dataset
-from unetflow.tiling import read_window
+from unetflow.tiling import Box, read_window
 
 from ngff import assert_valid_ngff, ngff_problems
 
@@ -202,6 +204,51 @@ def test_tta_tiles_equal_whole_image_tta(tmp_path: Path) -> None:
     reference = _whole_image(net, image, net.margin, tta=True)
     assert np.abs(probs - reference).max() <= 1e-4
     assert np.abs(probs - _whole_image(net, image, net.margin)).max() > 1e-3  # TTA did change something
+
+
+def test_a_region_keeps_the_model_until_all_its_batches_ran(tmp_path: Path) -> None:
+    """Two chunk tasks sharing one predictor: each runs its batches in a row, so the first chunk
+    is done (and written) while the second one runs, instead of both finishing together."""
+    net = _model(tmp_path / "m.pt", depth=2)
+    cpu = torch.device("cpu")
+    callers: list[int] = []
+
+    class Recording(TilePredictor):
+        def __call__(self, windows: np.ndarray, tta: bool = False) -> np.ndarray:
+            time.sleep(0.01)  # work between batches, outside the forward: the other thread's chance
+            with self.reserved():
+                callers.append(threading.get_ident())
+                return super().__call__(windows, tta)
+
+    predictor = Recording(net, cpu, resolve_precision("fp32", cpu))
+    image = _image(64, 64)
+    layout = tile_layout(net, 16, 64, 64, 64)
+    regions = [Box(0, 0, 64, 32), Box(0, 32, 64, 32)]
+    results: dict[int, np.ndarray] = {}
+    workers = [
+        threading.Thread(target=lambda i=i: results.update({i: predict_region(predictor, image, layout, regions[i], 1, False)}))
+        for i in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    batches = len(layout.tiles(regions[0]))
+    assert batches > 1 and len(callers) == 2 * batches
+    assert len(set(callers[:batches])) == 1 and len(set(callers[batches:])) == 1  # one region, then the other
+    whole = predict_region(predictor, image, layout, Box(0, 0, 64, 64), 1, False)
+    assert np.array_equal(np.concatenate([results[0], results[1]], axis=-1), whole)
+
+
+def test_the_checkpoint_is_read_once_per_prediction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict checks the model, then its chunk tasks build the predictor from the same contents."""
+    _model(tmp_path / "m.pt")
+    store = _store(tmp_path / "d.zarr", {"a": _image(60, 50)})
+    reads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    _predict(tmp_path, tmp_path / "m.pt", store)
+    assert [Path(p) for p in reads] == [tmp_path / "m.pt"]
 
 
 def test_float16_output(tmp_path: Path) -> None:

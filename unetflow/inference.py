@@ -19,7 +19,7 @@ import torch
 from unetflow.devices import Precision
 from unetflow.instances import InstanceRule
 from unetflow.io.errors import InputError
-from unetflow.model import BEST, UNet, load_checkpoint, load_model, model_from_checkpoint
+from unetflow.model import BEST, UNet, load_checkpoint, model_from_checkpoint
 from unetflow.normalize import Normalization
 from unetflow.tiling import Box, TileLayout, align_up, read_window
 
@@ -66,6 +66,9 @@ class TilePredictor:
     One instance per process and device is shared by all dask threads. Forwards are serialised
     by a lock: the model then uses every core (or the whole GPU) for one batch while the other
     threads read and write chunks, and peak activation memory is one batch's, not one per thread.
+    A caller with several batches holds the model for all of them (``reserved``), so the chunk
+    that started first finishes first and is written while the next one runs, rather than two
+    chunks taking turns batch by batch and both waiting to be written until both are done.
     The network runs in ``precision`` (autocast and memory layout); softmax and the returned
     probabilities are fp32.
     """
@@ -75,7 +78,11 @@ class TilePredictor:
         self.device = device
         self.precision = precision
         self.n_classes = int(model.config["n_classes"])
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    def reserved(self) -> threading.RLock:
+        """The model for this thread alone until the ``with`` block ends (calls inside it do not wait)."""
+        return self._lock
 
     def __call__(self, windows: np.ndarray, tta: bool = False) -> np.ndarray:
         """(N, C, s, s) float32 windows -> (N, n_classes, t, t) float32 probabilities.
@@ -106,6 +113,14 @@ def checkpoint_file(model_path: str | Path) -> Path:
     return path / BEST if path.is_dir() else path
 
 
+@functools.lru_cache(maxsize=1)
+def _checkpoint_state(checkpoint: str, mtime_ns: int) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU, read once per process while the file is unchanged:
+    predict checks the model (``load_trained_model``) and then builds its predictor from the
+    same contents instead of reading the file again (callers must not change the dict)."""
+    return load_checkpoint(checkpoint, "cpu")
+
+
 _PREDICTOR_LOCK = threading.Lock()
 
 
@@ -115,7 +130,8 @@ def _load_predictor(
 ) -> TilePredictor:
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
-    return TilePredictor(load_model(checkpoint, device), torch.device(device), precision)
+    model = model_from_checkpoint(_checkpoint_state(checkpoint, mtime_ns), device)
+    return TilePredictor(model, torch.device(device), precision)
 
 
 def shared_predictor(model_path: str, device: str, precision: Precision, torch_threads: int = 0) -> TilePredictor:
@@ -133,7 +149,7 @@ def load_trained_model(model_path: Path) -> tuple[UNet, Normalization, InstanceR
     if not checkpoint.is_file():
         raise InputError(model_path, "no model checkpoint", f"a model directory with {BEST} or a .pt file")
     try:
-        state = load_checkpoint(checkpoint, "cpu")
+        state = _checkpoint_state(str(checkpoint), checkpoint.stat().st_mtime_ns)
         model = model_from_checkpoint(state, "cpu")
     except Exception as exc:  # torch.load raises many types for a torn, foreign or mismatched file
         raise InputError(checkpoint, f"cannot load the model ({exc})", "a checkpoint written by unetflow") from exc
@@ -177,15 +193,16 @@ def predict_region(
     block = block.astype(np.float32, copy=False)
     tiles = layout.tiles(region)
     out = np.empty((predictor.n_classes, region.height, region.width), dtype=np.float32)
-    for start in range(0, len(tiles), batch_size):
-        batch = tiles[start : start + batch_size]
-        windows = np.stack([block[(..., *layout.window(t).relative_to(block_box).slices)] for t in batch])
-        probs = predictor(windows, tta)
-        crop = (probs.shape[-1] - layout.tile) // 2  # a same-padded net also returns the context
-        for tile, tile_probs in zip(batch, probs[..., crop : crop + layout.tile, crop : crop + layout.tile]):
-            part = tile.intersection(region)
-            if part is not None:
-                out[(..., *part.relative_to(region).slices)] = tile_probs[(..., *part.relative_to(tile).slices)]
+    with predictor.reserved():  # all batches of this region in a row (see TilePredictor)
+        for start in range(0, len(tiles), batch_size):
+            batch = tiles[start : start + batch_size]
+            windows = np.stack([block[(..., *layout.window(t).relative_to(block_box).slices)] for t in batch])
+            probs = predictor(windows, tta)
+            crop = (probs.shape[-1] - layout.tile) // 2  # a same-padded net also returns the context
+            for tile, tile_probs in zip(batch, probs[..., crop : crop + layout.tile, crop : crop + layout.tile]):
+                part = tile.intersection(region)
+                if part is not None:
+                    out[(..., *part.relative_to(region).slices)] = tile_probs[(..., *part.relative_to(tile).slices)]
     return out
 
 

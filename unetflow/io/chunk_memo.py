@@ -14,6 +14,9 @@ only for the arrays of that store, so a store deleted and written again later (a
 sees chunks of an earlier run; tasks in other processes (dask.distributed workers) simply read
 the store. At most ``budget`` bytes are kept, least recently used out first, so memory stays
 bounded for a slide of any size (a chunk evicted before its last reader is read from disk).
+
+``keep`` and ``take`` hold an intermediate result that is never stored (a chunk's local instance
+labels, which relabelling needs once more) the same way: taken once, computed again if not kept.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from unetflow.tiling import Box, assemble, chunks_under
 MEMO_BYTES = 128 * 1024**2
 """Default budget: 16 probability chunks of 2 classes at 1024^2 float32, or all chunks of a
 2048^2 prediction, enough for a pyramid chunk to find the 2 x 2 chunks below it on most slides."""
+KEPT_SHARE = 4
+"""Results of ``keep`` may use a quarter of the budget on top of it (``ChunkMemo.keep``): the local
+labels of 8 chunks of 1024^2, all those of a 2048^2 prediction."""
 
 
 class ChunkMemo:
@@ -42,6 +48,8 @@ class ChunkMemo:
         self.nbytes = 0
         self._chunks: OrderedDict[tuple[str, Box], np.ndarray] = OrderedDict()
         self._grids: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # path -> (shape, chunks)
+        self._kept: dict[tuple[str, Box], np.ndarray] = {}  # results of ``keep``, apart from chunks
+        self.kept_nbytes = 0
         self._lock = threading.Lock()
 
     def put(self, path: str, array: zarr.Array, region: Box, data: np.ndarray) -> None:
@@ -61,6 +69,28 @@ class ChunkMemo:
             while self.nbytes > self.budget:
                 _, evicted = self._chunks.popitem(last=False)
                 self.nbytes -= evicted.nbytes
+
+    def keep(self, name: str, region: Box, data: np.ndarray) -> None:
+        """Keep ``data``, a result computed for ``region`` and stored nowhere, for one ``take``.
+
+        Kept results get ``budget // KEPT_SHARE`` bytes beside the chunks, first come first kept:
+        they wait for a later step of the whole run (not for a neighbour, as chunks do), so on a
+        large slide most would only push out the chunks that pyramid tasks are about to read.
+        """
+        with self._lock:
+            if (name, region) in self._kept or self.kept_nbytes + data.nbytes > self.budget // KEPT_SHARE:
+                return
+            view = data.view()
+            view.flags.writeable = False
+            self._kept[(name, region)] = view
+            self.kept_nbytes += view.nbytes
+
+    def take(self, name: str, region: Box) -> np.ndarray | None:
+        """What ``keep`` kept under ``name`` and ``region`` (forgotten now), or None."""
+        with self._lock:
+            data = self._kept.pop((name, region), None)
+            self.kept_nbytes -= 0 if data is None else data.nbytes
+        return data
 
     def drop(self, path: str, region: Box) -> None:
         """Forget whatever is kept under ``region`` of ``path`` (it is being overwritten)."""
@@ -134,6 +164,22 @@ def write_chunk(root: str, path: str, region: Box, data: np.ndarray) -> None:
     array[(..., *region.slices)] = data
     if memo is not None:
         memo.put(path, array, region, data)
+
+
+def keep(root: str, name: str, region: Box, data: np.ndarray) -> None:
+    """Keep ``data`` for one later ``take`` by a task of the same run, while ``remembering(root)``
+    and within the memo's share for kept results (else nothing is kept); ``data`` must not be
+    changed afterwards."""
+    memo = _memo(root)
+    if memo is not None:
+        memo.keep(name, region, data)
+
+
+def take(root: str, name: str, region: Box) -> np.ndarray | None:
+    """What ``keep`` kept under ``name`` and ``region`` (read-only), or None (not kept: another
+    process, outside ``remembering``, or no room), so the caller computes it again."""
+    memo = _memo(root)
+    return memo.take(name, region) if memo is not None else None
 
 
 def read_region(root: str, path: str, region: Box) -> np.ndarray:

@@ -24,9 +24,11 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
 from unetflow.instances import CONNECTIVITY, InstanceRule, grow_seeds, kept_ids
-from unetflow.io.chunk_memo import read_region, write_chunk
+from unetflow.io.chunk_memo import keep, read_region, take, write_chunk
 from unetflow.io.ome_zarr import INSTANCES, PROBABILITIES, SEEDS, SEMANTIC, level_path, open_level
 from unetflow.tiling import Box, ChunkGrid
+
+LOCAL_LABELS = "local labels"  # what label_chunk keeps for relabel_chunk (not an array path)
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,11 @@ def _local_labels(root: str, region: Box, rule: InstanceRule) -> tuple[np.ndarra
 
 
 def label_chunk(root: str, region: Box, rule: InstanceRule) -> ChunkLabels:
-    """Label one chunk on its own; keep only what the merge needs (labelling again later is
-    cheaper than storing the local ids and reading them back)."""
+    """Label one chunk on its own and return what the merge needs. The local ids are kept in
+    memory for ``relabel_chunk`` (``chunk_memo.keep``), never stored: labelling again where
+    they are gone is cheaper than writing them and reading them back."""
     local, count = _local_labels(root, region, rule)
+    keep(root, LOCAL_LABELS, region, local)
     return ChunkLabels(count, local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy())
 
 
@@ -80,7 +84,9 @@ class ChunkRelabel:
 
 def relabel_chunk(root: str, region: Box, relabel: ChunkRelabel, path: str, rule: InstanceRule) -> None:
     """Write the final ids of one chunk into the array at ``path``."""
-    local, _ = _local_labels(root, region, rule)
+    local = take(root, LOCAL_LABELS, region)
+    if local is None:  # labelled in another process, or evicted from the memo since
+        local, _ = _local_labels(root, region, rule)
     write_chunk(root, path, region, relabel.lookup()[local])
 
 
