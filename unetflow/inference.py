@@ -171,11 +171,9 @@ def instance_rule(model: UNet, checkpoint: dict[str, Any], model_path: Path) -> 
     A checkpoint without one is a 2-class model whose objects are its class-1 regions as they are.
     """
     rule = checkpoint.get("recipe", {}).get("instances")
-    if rule is None:
-        if model.config["n_classes"] != 2:
-            raise InputError(model_path, "3-class model without an instance recipe", "a checkpoint written by `unetflow train`")
-        return InstanceRule()
-    return InstanceRule(grow=int(rule["grow"]), expand=int(rule["expand"]))
+    if rule is None and model.config["n_classes"] != 2:
+        raise InputError(model_path, "3-class model without an instance recipe", "a checkpoint written by `unetflow train`")
+    return InstanceRule.from_recipe(rule)
 
 
 # -- one region ----------------------------------------------------------------------------------

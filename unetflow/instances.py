@@ -43,6 +43,14 @@ class InstanceRule:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_recipe(cls, instances: dict[str, Any] | None) -> InstanceRule:
+        """The rule of a training recipe's ``instances`` entry (``TargetSettings.instance_rule``) at
+        the default thresholds; none recorded = objects are the class-1 regions as they are."""
+        if not instances:
+            return cls()
+        return cls(grow=int(instances["grow"]), expand=int(instances["expand"]))
+
     def with_tuned(self, tuned: dict[str, Any]) -> InstanceRule:
         """This rule with the thresholds and ``min_size`` of a tuned.json entry (recipe kept)."""
         keys = ("seed_threshold", "foreground_threshold", "min_size")

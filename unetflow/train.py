@@ -158,8 +158,7 @@ class Trainer:
         train_arrays = open_split(data_store, weights_store, train_names, self.normalization)
         val_names = split_names(data, "val")
         self.val_arrays = open_split(data_store, weights_store, val_names, self.normalization)
-        grown = self.recipe.get("instances") or {"grow": 0, "expand": 0}
-        self.selection = Selection(self.cfg["select"], InstanceRule(grow=int(grown["grow"]), expand=int(grown["expand"])))
+        self.selection = Selection(self.cfg["select"], InstanceRule.from_recipe(self.recipe.get("instances")))
         # the val images' objects, for an object score (val splits are dataset images, never slides)
         self.val_truths = [np.asarray(data[LABELS][name][...]) for name in val_names] if self.selection.needs_objects else []
         self.sampler = TileSampler(

@@ -174,8 +174,7 @@ def tune(
         raise InputError(model_dir, f"cannot read the model ({exc})", "a model directory written by `unetflow train`") from exc
     n_classes = int(checkpoint["config"]["n_classes"])
     recipe_meta = checkpoint.get("recipe", {})
-    grown = recipe_meta.get("instances") or {"grow": 0, "expand": 0}
-    recipe = InstanceRule(grow=int(grown["grow"]), expand=int(grown["expand"]))
+    recipe = InstanceRule.from_recipe(recipe_meta.get("instances"))
     object_size = recipe_meta.get("object_size") or {}
     objective = settings["objective"]
     if settings["watershed"] and n_classes != 2:
