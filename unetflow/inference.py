@@ -21,6 +21,7 @@ from unetflow.instances import InstanceRule
 from unetflow.io.errors import InputError
 from unetflow.model import BEST, UNet, load_checkpoint, model_from_checkpoint
 from unetflow.normalize import Normalization
+from unetflow.rescale import ZoomedView, model_diameter, zoomed_region
 from unetflow.tiling import Box, TileLayout, align_up, read_window
 
 
@@ -202,6 +203,26 @@ def predict_region(
                 if part is not None:
                     out[(..., *part.relative_to(region).slices)] = tile_probs[(..., *part.relative_to(tile).slices)]
     return out
+
+
+def predict_region_at(
+    predictor: TilePredictor, image: Any, layout: TileLayout, region: Box, batch_size: int, tta: bool, zoom: float
+) -> np.ndarray:
+    """Probabilities of ``region`` (native pixels) with the image seen at ``zoom``
+    (``unetflow.rescale``): the tiles run on the zoomed image, whose layout ``layout`` is, and the
+    result is interpolated back onto the region's pixels. At zoom 1 this is ``predict_region``."""
+    if zoom == 1.0:
+        return predict_region(predictor, image, layout, region, batch_size, tta)
+    view = ZoomedView(image, zoom)
+    box, rows, cols = zoomed_region(view, region)
+    probs = predict_region(predictor, view, layout, box, batch_size, tta)
+    return cols.apply(rows.apply(probs, -2, box.y0), -1, box.x0)
+
+
+def training_object_diameter(model_path: Path) -> float | None:
+    """The median diameter of a model's training objects, as recorded with it (None: not recorded)."""
+    checkpoint = checkpoint_file(model_path)
+    return model_diameter(_checkpoint_state(str(checkpoint), checkpoint.stat().st_mtime_ns))
 
 
 def argmax_classes(probs: np.ndarray) -> np.ndarray:

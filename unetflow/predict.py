@@ -39,9 +39,10 @@ from unetflow.inference import (
     argmax_classes,
     checkpoint_file,
     load_trained_model,
-    predict_region,
+    predict_region_at,
     shared_predictor,
     tile_layout,
+    training_object_diameter,
 )
 from unetflow.instances import InstanceRule
 from unetflow.io.chunk_memo import remembering, write_chunk
@@ -66,6 +67,15 @@ from unetflow.prediction_store import (
     open_or_resume_partial,
     partial_path,
     prediction_attrs,
+)
+from unetflow.rescale import (
+    ZOOM_RANGE,
+    AxisMap,
+    ZoomEstimate,
+    estimate_zoom,
+    native_cache_layout,
+    sample_regions,
+    zoomed_chunk,
 )
 from unetflow.scheduling import DaskRunner, own_runner
 from unetflow.store import IMAGES, open_store, split_names, store_meta
@@ -99,6 +109,7 @@ class PredictOptions:
     precision: str
     progress_s: float
     slurm: dict[str, Any]
+    diameter: float | str | None = None
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None = None) -> PredictOptions:
@@ -126,6 +137,7 @@ class ChunkJob:
     batch_size: int
     tta: bool
     cached_chunks: int
+    zoom: float = 1.0
 
 
 def predict_chunk(job: ChunkJob) -> None:
@@ -133,7 +145,7 @@ def predict_chunk(job: ChunkJob) -> None:
     predictor = shared_predictor(job.model_path, job.device, job.precision, job.torch_threads)
     cached = shared_image(job.image_store, job.image_array, job.cached_chunks)
     image = NormalizedArray(cached, job.stats)  # whole-image statistics, never per tile
-    probs = predict_region(predictor, image, job.layout, job.region, job.batch_size, job.tta)
+    probs = predict_region_at(predictor, image, job.layout, job.region, job.batch_size, job.tta, job.zoom)
     write_chunk(job.out_store, level_path(PROBABILITIES, 0), job.region, probs)
     write_chunk(job.out_store, level_path(SEMANTIC, 0), job.region, argmax_classes(probs))
     marker(job.out_store, job.index).touch()
@@ -176,12 +188,13 @@ def _chunk_jobs(
     device: str,
     precision: Precision,
     torch_threads: int,
+    zoom: float,
 ) -> list[ChunkJob]:
     """One job per output chunk of ``grid`` that has no completion marker yet in ``partial``.
 
     Skipping marked chunks is the whole of resuming: a marker is written only after its chunk.
     """
-    cached_chunks = cache_capacity(image.chunks, layout, options.chunk)
+    cached_chunks = cache_capacity(image.chunks, native_cache_layout(layout, zoom), options.chunk)
     return [
         ChunkJob(
             image_store=str(image_store),
@@ -198,6 +211,7 @@ def _chunk_jobs(
             batch_size=options.batch_size,
             tta=options.tta,
             cached_chunks=cached_chunks,
+            zoom=zoom,
         )
         for index, box in grid
         if not marker(partial, index).exists()
@@ -227,6 +241,50 @@ def _run_jobs(
     finally:
         release_shared_image()  # this image's decoded input chunks
     return n_objects
+
+
+def _layout(model: UNet, options: PredictOptions, height: int, width: int, zoom: float) -> TileLayout:
+    """The tile layout of the image as the network sees it: at ``zoom``, of the zoomed image."""
+    rows, cols = AxisMap.of(height, zoom), AxisMap.of(width, zoom)
+    return tile_layout(model, options.tile, zoomed_chunk(options.chunk, zoom), rows.zoomed, cols.zoomed)
+
+
+def _rescale(
+    model: UNet, model_path: Path, image: NormalizedArray, rule: InstanceRule, options: PredictOptions, precision: Precision
+) -> ZoomEstimate | None:
+    """The zoom ``predict.diameter`` asks for (``unetflow.rescale``), or None for no resampling.
+
+    ``auto`` predicts sample chunks in this process (no TTA) to size the objects; a number is the
+    objects' diameter in pixels, which must give a zoom within ``ZOOM_RANGE``.
+    """
+    if options.diameter is None:
+        return None
+    target = training_object_diameter(model_path)
+    if target is None:
+        raise InputError(
+            model_path,
+            "the model records no size of its training objects, so predict.diameter has nothing to rescale to",
+            "a model trained on labelled objects by this version, or predict.diameter: null",
+        )
+    if options.diameter != "auto":
+        zoom = target / float(options.diameter)
+        if not ZOOM_RANGE[0] <= zoom <= ZOOM_RANGE[1]:
+            raise InputError(
+                model_path,
+                f"predict.diameter {options.diameter} px against the model's {target:.1f} px is a zoom of {zoom:.3g}",
+                f"a diameter giving a zoom within {ZOOM_RANGE[0]}..{ZOOM_RANGE[1]}",
+            )
+        return ZoomEstimate(zoom, [], target)
+    predictor = shared_predictor(str(model_path), str(pick_device(options.device)), precision)
+    _, height, width = image.shape
+
+    def objects(region: Box, zoom: float) -> Any:
+        layout = _layout(model, options, height, width, zoom)
+        return rule.objects(predict_region_at(predictor, image, layout, region, options.batch_size, False, zoom))
+
+    estimate = estimate_zoom(objects, sample_regions(height, width, options.chunk), target)
+    log.info("object size: %s -> zoom %g", estimate.to_json()["passes"], estimate.zoom)
+    return estimate
 
 
 def predict_image(
@@ -266,21 +324,25 @@ def predict_image(
     stats = recipe.statistics(image)  # of the whole image or slide (streamed), before any chunk job
     partial = partial_path(out)
     _, height, width = image.shape
-    layout = tile_layout(model, options.tile, options.chunk, height, width)
+    rescale = _rescale(model, model_path, NormalizedArray(image, stats), rule, options, precision)
+    zoom = rescale.zoom if rescale is not None else 1.0
+    layout = _layout(model, options, height, width, zoom)
     normalization = {**recipe.to_json(), **stats.to_json()}
     attrs = prediction_attrs(
         model, model_path, image_store, name, layout, options, normalization, precision, identity, rule
     )
+    attrs["rescale"] = None if rescale is None else rescale.to_json()
     open_or_resume_partial(partial, attrs, height, width, options)
     grid = ChunkGrid(height, width, options.chunk)
     with own_runner(options, runner) as run:
         device = run.prepare([image_store, partial, checkpoint_file(model_path)], options.device)
         jobs = _chunk_jobs(
             grid, image, image_store, partial, model_path, layout, stats, options, str(device), precision,
-            run.torch_threads,
+            run.torch_threads, zoom,
         )
         log.info(
-            "%s: %d of %d chunks to predict (tile %d, margin %d)", name, len(jobs), len(grid), layout.tile, layout.margin
+            "%s: %d of %d chunks to predict (tile %d, margin %d, zoom %g)",
+            name, len(jobs), len(grid), layout.tile, layout.margin, zoom,
         )
         n_objects = _run_jobs(run, partial, jobs, name, rule, len(grid))
     finalise(partial, out, n_objects)

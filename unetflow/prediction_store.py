@@ -68,6 +68,8 @@ def fingerprint(
     digest = file_digest(checkpoint)
     written = (image_store / image_array.path / "zarr.json").stat().st_mtime_ns
     relevant = {k: getattr(options, k) for k in ("tile", "chunk", "dtype", "tta", "pyramid_levels")}
+    if options.diameter is not None:  # (absent before rescaling existed: those predictions stay valid)
+        relevant["diameter"] = options.diameter
     relevant["precision"] = precision.name
     identity = [str(image_store.resolve()), image_array.path, list(image_array.shape), written, relevant]
     digest.update(json.dumps(identity, sort_keys=True).encode())
