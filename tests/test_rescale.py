@@ -158,3 +158,17 @@ def test_sample_regions_spread_over_a_large_image() -> None:
     assert len(sample_regions(300, 300, 100)) == 9
     picked = sample_regions(4000, 4000, 100)
     assert len(picked) == 16 and picked[0] == Box(0, 0, 100, 100) and picked[-1] == Box(3900, 3900, 100, 100)
+
+
+def test_training_objects_record_the_typical_diameter_that_auto_measures() -> None:
+    """Per image, the object holding the median object pixel; over images, the median: specks and
+    a large-object image do not move it the way they move the median of all objects."""
+    from unetflow.weighting import object_sizes
+
+    small, large, other = _discs(10), _discs(30), _discs(12)
+    specks = small.copy()
+    for i, y in enumerate(range(3, 200, 7)):
+        specks[y, 1 + (i % 3) * 4] = 100 + i  # one-pixel objects inside the border
+    sizes = object_sizes({"a": specks, "b": large, "c": other}, ["a", "b", "c"])
+    assert sizes["typical_diameter"] == pytest.approx(equivalent_diameter(float(np.bincount(other.ravel())[1])))
+    assert sizes["median_diameter"] < sizes["typical_diameter"]  # the specks pull the plain median down

@@ -9,9 +9,10 @@ raised their mean AP from 0.27 to 0.45 and from 0.28 to 0.34 (README, Results).
 
 So the image is resampled by ``zoom = model diameter / image diameter`` before the network and the
 probabilities are resampled back onto the image's own pixel grid: every output keeps the image's
-shape and pixel size. The model's diameter is the median equivalent diameter of its training
-objects (recorded with the model); the image's is given (``predict.diameter: <pixels>``) or
-estimated (``auto``) from the objects of a first pass (``estimate_zoom``).
+shape and pixel size. The model's diameter is the typical object diameter of its training images
+(recorded with the model, ``model_diameter``); the image's is given (``predict.diameter:
+<pixels>``) or estimated (``auto``) the same way from the objects of a first pass
+(``estimate_zoom``).
 
 Geometry: an axis of ``n`` pixels zoomed to ``m = round(n * zoom)`` pixels puts the centre of
 zoomed pixel ``u`` at native coordinate ``(u + 0.5) * n / m - 0.5`` (pixel areas line up: scipy's
@@ -222,7 +223,10 @@ def estimate_zoom(predict_objects: Any, regions: Sequence[Box], model_diameter: 
 
 
 def model_diameter(checkpoint: dict[str, Any]) -> float | None:
-    """The median equivalent diameter of a model's training objects (None: not recorded)."""
+    """The object diameter a model was trained at (None: not recorded): the typical diameter of
+    its training images (``unetflow.weighting.object_sizes``), which auto measures the same way;
+    a model from before that was recorded has only its objects' median diameter, a smaller
+    figure where sizes vary (auto then zooms such images less than it should)."""
     size = (checkpoint.get("recipe") or {}).get("object_size") or {}
-    value = size.get("median_diameter")
+    value = size.get("typical_diameter") or size.get("median_diameter")
     return float(value) if value else None

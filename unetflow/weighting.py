@@ -25,6 +25,7 @@ import zarr
 from unetflow.io.errors import InputError
 from unetflow.io.labels import connected_instances
 from unetflow.progress import track
+from unetflow.rescale import equivalent_diameter, object_areas, typical_area
 from unetflow.store import (
     ATTRS_KEY,
     IMAGES,
@@ -72,21 +73,33 @@ def label_arrays(group: zarr.Group, source: Path, names: list[str], objects: str
 
 
 def object_sizes(labels: dict[str, Any], names: list[str]) -> dict[str, float | int]:
-    """Median object area and equivalent diameter over ``names`` (post-processing scales with them).
+    """Median object area and equivalent diameter over ``names`` (post-processing scales with
+    them), and the typical diameter that ``predict.diameter: auto`` resamples images to.
 
-    Counted on the stored instance labels, whole image by whole image (training label images
-    are small; a labelled slide would be read whole here).
+    ``typical_diameter`` is the median over the images of each image's typical object
+    (``unetflow.rescale.typical_area``: the object holding the median object pixel, objects cut by
+    the border left out), the very statistic auto measures on an image to predict, so that an
+    image like the training ones is not resampled. Counted on the stored instance labels, whole
+    image by whole image (training label images are small; a labelled slide would be read whole).
     """
-    areas = []
+    areas, typical = [], []
     for name in names:
-        ids = np.asarray(labels[name][...]).ravel()
-        counts = np.bincount(ids[ids > 0])
+        image_labels = np.asarray(labels[name][...])
+        counts = np.bincount(image_labels.ravel())[1:]
         areas.append(counts[counts > 0])
+        inner = object_areas(image_labels)
+        if inner.size:
+            typical.append(equivalent_diameter(typical_area(inner)))
     all_areas = np.concatenate(areas) if areas else np.zeros(0)
     if all_areas.size == 0:
-        return {"n_objects": 0, "median_area": 0.0, "median_diameter": 0.0}
+        return {"n_objects": 0, "median_area": 0.0, "median_diameter": 0.0, "typical_diameter": 0.0}
     median = float(np.median(all_areas))
-    return {"n_objects": int(all_areas.size), "median_area": median, "median_diameter": float(2 * np.sqrt(median / np.pi))}
+    return {
+        "n_objects": int(all_areas.size),
+        "median_area": median,
+        "median_diameter": equivalent_diameter(median),
+        "typical_diameter": float(np.median(typical)),
+    }
 
 
 def _write_targets(
