@@ -16,6 +16,7 @@ import zarr
 from scipy import ndimage
 
 import unetflow.validation as validation_module
+from unetflow.instances import remove_small
 from unetflow.cli import main
 from unetflow.config import stage_settings
 from unetflow.ingest import make_split
@@ -118,8 +119,11 @@ def test_validation_over_tiles_equals_whole_image_evaluation(tmp_path: Path, mon
     trainer = Trainer(data, weights, tmp_path / "w", _model_settings(depth=3), _train_settings(steps=1))
     trainer.model.eval()
     model, margin = trainer.model, trainer.model.margin
-    losses, inter, union, f1s = [], 0, 0, []
+    losses, inter, union = [], 0, 0
     thresholds = np.round(np.arange(0.5, 0.951, 0.05), 2)
+    area = trainer.recipe["object_size"]["median_area"]
+    sizes = sorted({0, round(0.1 * area), round(0.2 * area)})
+    f1s = np.zeros((3, len(sizes)))  # the select grid: foreground > 0.3, 0.5, 0.7 x min_size
     for (image, label, weight), truth in zip(trainer.val_arrays, trainer.val_truths):
         out = model.valid_output_size(40)
         window = read_window(image, -margin, -margin, out + 2 * margin, out + 2 * margin)
@@ -129,16 +133,20 @@ def test_validation_over_tiles_equals_whole_image_evaluation(tmp_path: Path, mon
         losses.append(weighted_cross_entropy(logits, target[None].long(), torch.from_numpy(weight)[None]).item())
         pred = logits[0].argmax(0) > 0
         inter, union = inter + int((pred & target).sum()), union + int((pred | target).sum())
-        # the default select score: a 2-class model's objects are the 4-connected regions of p(1) > 0.5
-        objects, _ = ndimage.label(torch.softmax(logits[0], 0)[1].numpy() > 0.5)
-        row = evaluate_segmentation(truth, objects, thresholds)
-        f1s.append(np.mean([row[f"f1@{t:g}"] for t in thresholds]))
+        # the default select score: a 2-class model's objects are the 4-connected regions of
+        # p(1) > t, small ones removed, at the best t and min_size of the grid
+        for i, t in enumerate((0.3, 0.5, 0.7)):
+            objects, _ = ndimage.label(torch.softmax(logits[0], 0)[1].numpy() > t)
+            for j, size in enumerate(sizes):
+                row = evaluate_segmentation(truth, remove_small(objects, size), thresholds)
+                f1s[i, j] += np.mean([row[f"f1@{t:g}"] for t in thresholds]) / len(trainer.val_truths)
     monkeypatch.setattr(validation_module, "VAL_TILE", 8)  # many tiles ...
     monkeypatch.setattr(validation_module, "VAL_CHUNK", 24)  # ... in several regions per image
     scores = trainer.validate()
     assert scores.loss == pytest.approx(np.mean(losses), rel=1e-4)
     assert scores.fg_iou == pytest.approx(inter / union)
-    assert trainer.selection.score == "f1_mean" and scores.objects == pytest.approx(np.mean(f1s), abs=1e-9)
+    assert trainer.selection.score == "f1_mean" and scores.objects == pytest.approx(f1s.max(), abs=1e-9)
+    assert len(trainer.selection.candidates) == 3 and trainer.selection.sizes == tuple(sizes)
     assert trainer.model.training
 
 

@@ -43,7 +43,6 @@ from unetflow import rng_state
 from unetflow.augment import Augmenter, AugmentSettings
 from unetflow.config import ConfigError
 from unetflow.devices import pick_device, resolve_precision
-from unetflow.instances import InstanceRule
 from unetflow.losses import LOSSES
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.normalize import Normalization
@@ -158,7 +157,7 @@ class Trainer:
         train_arrays = open_split(data_store, weights_store, train_names, self.normalization)
         val_names = split_names(data, "val")
         self.val_arrays = open_split(data_store, weights_store, val_names, self.normalization)
-        self.selection = Selection(self.cfg["select"], InstanceRule.from_recipe(self.recipe.get("instances")))
+        self.selection = Selection.for_model(self.cfg["select"], self.recipe, self.model.config["n_classes"])
         # the val images' objects, for an object score (val splits are dataset images, never slides)
         self.val_truths = [np.asarray(data[LABELS][name][...]) for name in val_names] if self.selection.needs_objects else []
         self.sampler = TileSampler(

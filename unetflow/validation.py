@@ -3,10 +3,13 @@ score over whole validation images; one of them (``train.select``) picks ``best.
 
 Predictions come from the predict stage's overlap-tile code (``unetflow.inference``, no dask, no
 zarr output), so the score that picks ``best.pt`` is the score of the model as it will be used,
-borders included. The object score forms objects with the model's own instance rule at the
-default thresholds (tune later moves them) and scores them with tune's objective
-(``unetflow.objectives``): foreground IoU barely notices a boundary that is missing between two
-cells, and on the DSB 2018 subset it chose a checkpoint whose val objects were not its best.
+borders included. The object score forms objects with the model's own instance rule and scores
+them with tune's objective (``unetflow.objectives``): foreground IoU barely notices a boundary that
+is missing between two cells, and on the DSB 2018 subset it chose a checkpoint whose val objects
+were not its best. Objects are formed at the best of a coarse grid of thresholds and ``min_size``
+(tune's own search, ``SELECT_GRID``), because tune will move them: a checkpoint whose objects are
+best at a foreground threshold of 0.3 is not worse than one whose are best at 0.5. The grid is
+fixed here, not the ``tune`` section, so that editing tune never retrains.
 """
 
 from __future__ import annotations
@@ -22,24 +25,55 @@ from unetflow.devices import Precision
 from unetflow.inference import TilePredictor, argmax_classes, predict_region, tile_layout
 from unetflow.instances import InstanceRule
 from unetflow.model import UNet
-from unetflow.objectives import SELECT_FG_IOU, maximised, scores
+from unetflow.objectives import SELECT_FG_IOU, maximised
 from unetflow.tiling import ChunkGrid
+from unetflow.tune import candidates, min_sizes, search
 
 VAL_TILE = 256  # validation output tile edge: fewer, larger tiles than training uses
 VAL_CHUNK = 1024  # the loss and IoU run region by region, so a large validation image never sits whole in memory
 
 
+#: the tune settings of the grid an object score is maximised over at each validation: 3 x 3
+#: seed/foreground thresholds (3 for a 2-class model or rand) x min_size 0, 0.1 and 0.2 x the
+#: median training object area -- 27 candidates, under a second on a few val images
+SELECT_GRID: dict[str, Any] = {
+    "thresholds": [0.3, 0.5, 0.7],
+    "min_size_fractions": [0.1, 0.2],
+    "watershed": False,
+    "h_fractions": [],
+}
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which validation score picks ``best.pt``: ``fg_iou`` or one of tune's objectives, whose
-    objects come from ``rule`` (the model's instance rule at the default thresholds)."""
+    objects come from ``rule`` (the model's instance rule) at the best of ``candidates`` x ``sizes``."""
 
     score: str
     rule: InstanceRule
+    candidates: tuple[dict[str, Any], ...] = ()
+    sizes: tuple[int, ...] = (0,)
+
+    @classmethod
+    def for_model(cls, score: str, recipe: dict[str, Any], n_classes: int) -> Selection:
+        """The selection of ``train.select`` for a model with this training recipe."""
+        rule = InstanceRule.from_recipe(recipe.get("instances"))
+        if score == SELECT_FG_IOU:
+            return cls(score, rule)
+        grid = {**SELECT_GRID, "objective": score}
+        object_size = recipe.get("object_size") or {}
+        return cls(score, rule, tuple(candidates(grid, n_classes, object_size)), tuple(min_sizes(grid, object_size)))
 
     @property
     def needs_objects(self) -> bool:
         return self.score != SELECT_FG_IOU
+
+    def object_score(self, images: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> float:
+        """The objective averaged over (name, truth, probabilities) images at the best candidate
+        (the defaults alone when no grid was given)."""
+        entries = self.candidates or ({"mode": "threshold", "seed_threshold": 0.5, "foreground_threshold": 0.5, "h_distance": None, "min_size": 0},)
+        values = [row["score"] for row in search(images, self.rule, entries, self.sizes, self.score)]
+        return float(max(values) if maximised(self.score) else min(values))
 
     def better(self, score: float, than: float | None) -> bool:
         if than is None:
@@ -75,7 +109,7 @@ def validation_scores(
     if with_objects and len(truths) != len(arrays):
         raise ValueError(f"object scores need the objects of every validation image ({len(truths)} for {len(arrays)})")
     predictor = TilePredictor(model, device, precision)
-    loss_sum, pixels, inter, union, object_scores = 0.0, 0, 0, 0, []
+    loss_sum, pixels, inter, union, predicted = 0.0, 0, 0, 0, []
     for index, (image, label, weight) in enumerate(arrays):
         height, width = label.shape
         layout = tile_layout(model, VAL_TILE, VAL_CHUNK, height, width)
@@ -93,10 +127,9 @@ def validation_scores(
             inter += int(np.count_nonzero(pred & foreground))
             union += int(np.count_nonzero(pred | foreground))
         if whole is not None:
-            assert selection is not None
-            object_scores += scores(np.asarray(truths[index]), selection.rule.objects(whole), [0], selection.score)
+            predicted.append((str(index), np.asarray(truths[index]), whole))
     return ValidationScores(
         loss=loss_sum / pixels,
         fg_iou=inter / union if union else 1.0,
-        objects=float(np.mean(object_scores)) if with_objects else None,
+        objects=selection.object_score(predicted) if with_objects and selection is not None else None,
     )
