@@ -21,7 +21,7 @@ def _images() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 def _share_of_small(sampling: str, draws: int = 2000) -> float:
     generator = torch.Generator().manual_seed(0)
     sampler = TileSampler(_images(), out_size=8, margin=2, border=0, generator=generator, sampling=sampling)
-    images, _, _ = sampler.sample(draws)
+    images = sampler.sample(draws)[0]
     return float((images[:, 0, 0, 0] == 1.0).float().mean())
 
 

@@ -16,6 +16,9 @@ import zarr
 from scipy import ndimage
 
 import unetflow.validation as validation_module
+from skimage.draw import disk
+from unetflow.rescale import image_zoom
+from unetflow.weighting import object_sizes
 from unetflow.instances import remove_small
 from unetflow.cli import main
 from unetflow.config import stage_settings
@@ -43,7 +46,7 @@ def _blobs(rng: np.random.Generator, size: int, count: int) -> tuple[np.ndarray,
     return image[None], label
 
 
-def _write_ones_weights(path: Path, labels: dict[str, np.ndarray]) -> None:
+def _write_ones_weights(path: Path, labels: dict[str, np.ndarray], object_size: dict[str, Any] | None = None) -> None:
     """A weights store of all-ones maps and 2-class targets (label > 0, no gaps), laid out as the
     weights stage writes it."""
     with atomic_output(path) as tmp:
@@ -54,7 +57,7 @@ def _write_ones_weights(path: Path, labels: dict[str, np.ndarray]) -> None:
             targets.create_array(name, data=(label > 0).astype(np.uint8))
         root.attrs[ATTRS_KEY] = {
             "kind": "weights", "class_weights": [1.0, 1.0], "w0": 0.0, "sigma": 5.0, "n_classes": 2,
-            "target": {"mode": "binary", "gap": 0, "boundary_width": 1}, "object_size": {"median_area": 100.0},
+            "target": {"mode": "binary", "gap": 0, "boundary_width": 1}, "object_size": object_size or {"median_area": 100.0},
             "instances": {"grow": 0, "expand": 0},
         }
 
@@ -159,7 +162,8 @@ def test_sampler_is_deterministic_and_mirrors_at_borders(tmp_path: Path) -> None
     second = Trainer(data, weights, tmp_path / "b", model, train)
     batch_a, batch_b = first.sampler.sample(8), second.sampler.sample(8)
     assert all(torch.equal(x, y) for x, y in zip(batch_a, batch_b))
-    image, label, weight = batch_a
+    image, label, weight, reach = batch_a
+    assert torch.equal(reach, torch.ones(8))  # no train.rescale
     margin = first.model.margin
     assert image.shape == (8, 1, first.in_size, first.in_size) and label.shape == (8, first.out_size, first.out_size)
     assert set(label.unique().tolist()) <= {0, 1} and torch.equal(weight, torch.ones_like(weight))
@@ -411,3 +415,35 @@ def test_evaluate_only_dataset_is_refused_by_training(tmp_path: Path) -> None:
     _write_ones_weights(tmp_path / "weights.zarr", labels)
     with pytest.raises(StoreError, match="no training images.*evaluate-only"):
         Trainer(data, tmp_path / "weights.zarr", tmp_path / "w", _model_settings(), _train_settings(steps=1))
+
+
+def test_rescale_trains_each_image_at_the_typical_object_size(tmp_path: Path) -> None:
+    """train.rescale: images of small and of large discs get reaches 1/zoom towards the typical
+    diameter the weights stage recorded, validation predicts at the val images' zooms, and the
+    recipe travels with the checkpoint; weight maps without that size are refused by name."""
+    rng = np.random.default_rng(1)
+    images, labels = {}, {}
+    for i, radius in enumerate((3, 3, 12, 12, 3, 12)):
+        label = np.zeros((96, 96), np.int32)
+        for j, (cy, cx) in enumerate(((24, 24), (24, 72), (72, 24), (72, 72))):
+            label[disk((cy, cx), radius, shape=label.shape)] = j + 1
+        images[f"im{i}"] = ((label > 0) + rng.normal(0, 0.2, label.shape)).astype(np.float32)[None]
+        labels[f"im{i}"] = label
+    names = list(images)
+    data = write_dataset(tmp_path / "data.zarr", images, labels, split={"train": names[:4], "val": names[4:]}, chunk=64)
+    train = _train_settings(steps=2, val_every=2, rescale=True)
+    _write_ones_weights(tmp_path / "old.zarr", labels)
+    with pytest.raises(StoreError, match="run the weights stage again"):
+        Trainer(data, tmp_path / "old.zarr", tmp_path / "x", _model_settings(depth=2), train)
+    sizes = object_sizes(labels, names[:4])
+    _write_ones_weights(tmp_path / "weights.zarr", labels, sizes)
+    trainer = Trainer(data, tmp_path / "weights.zarr", tmp_path / "w", _model_settings(depth=2), train)
+    diameter = sizes["typical_diameter"]
+    expected = [image_zoom(labels[name], diameter) for name in names[:4]]
+    assert expected[0] > 1 > expected[2]  # small discs are enlarged, large ones shrunk
+    assert trainer.sampler.reaches == pytest.approx([1 / z for z in expected])
+    assert trainer.val_zooms == [image_zoom(labels[name], diameter) for name in names[4:]]
+    assert trainer.augmenter.max_reach == pytest.approx(max(1 / z for z in expected))
+    trainer.run()
+    best = torch.load(tmp_path / "w" / "best.pt", weights_only=True)
+    assert best["recipe"]["rescale"] == {"diameter": diameter}

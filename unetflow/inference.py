@@ -21,7 +21,7 @@ from unetflow.instances import InstanceRule
 from unetflow.io.errors import InputError
 from unetflow.model import BEST, UNet, load_checkpoint, model_from_checkpoint
 from unetflow.normalize import Normalization
-from unetflow.rescale import ZoomedView, model_diameter, zoomed_region
+from unetflow.rescale import AxisMap, ZoomedView, model_diameter, zoomed_chunk, zoomed_region
 from unetflow.tiling import Box, TileLayout, align_up, read_window
 
 
@@ -205,6 +205,13 @@ def predict_region(
     return out
 
 
+def zoomed_layout(model: UNet, tile: int, chunk: int, height: int, width: int, zoom: float) -> TileLayout:
+    """The tile layout of an image as the network sees it at ``zoom``: of the zoomed image, whose
+    chunks are the native chunks zoomed."""
+    rows, cols = AxisMap.of(height, zoom), AxisMap.of(width, zoom)
+    return tile_layout(model, tile, zoomed_chunk(chunk, zoom), rows.zoomed, cols.zoomed)
+
+
 def predict_region_at(
     predictor: TilePredictor, image: Any, layout: TileLayout, region: Box, batch_size: int, tta: bool, zoom: float
 ) -> np.ndarray:
@@ -217,6 +224,12 @@ def predict_region_at(
     box, rows, cols = zoomed_region(view, region)
     probs = predict_region(predictor, view, layout, box, batch_size, tta)
     return cols.apply(rows.apply(probs, -2, box.y0), -1, box.x0)
+
+
+def trained_rescaled(model_path: Path) -> bool:
+    """Whether a model was trained with every image at one object size (``train.rescale``)."""
+    checkpoint = checkpoint_file(model_path)
+    return "rescale" in _checkpoint_state(str(checkpoint), checkpoint.stat().st_mtime_ns).get("recipe", {})
 
 
 def training_object_diameter(model_path: Path) -> float | None:

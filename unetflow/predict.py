@@ -41,8 +41,9 @@ from unetflow.inference import (
     load_trained_model,
     predict_region_at,
     shared_predictor,
-    tile_layout,
+    trained_rescaled,
     training_object_diameter,
+    zoomed_layout,
 )
 from unetflow.instances import InstanceRule
 from unetflow.io.chunk_memo import remembering, write_chunk
@@ -68,15 +69,7 @@ from unetflow.prediction_store import (
     partial_path,
     prediction_attrs,
 )
-from unetflow.rescale import (
-    ZOOM_RANGE,
-    AxisMap,
-    ZoomEstimate,
-    estimate_zoom,
-    native_cache_layout,
-    sample_regions,
-    zoomed_chunk,
-)
+from unetflow.rescale import ZOOM_RANGE, ZoomEstimate, estimate_zoom, native_cache_layout, sample_regions
 from unetflow.scheduling import DaskRunner, own_runner
 from unetflow.store import IMAGES, open_store, split_names, store_meta
 from unetflow.tiling import Box, ChunkGrid, TileLayout
@@ -243,12 +236,6 @@ def _run_jobs(
     return n_objects
 
 
-def _layout(model: UNet, options: PredictOptions, height: int, width: int, zoom: float) -> TileLayout:
-    """The tile layout of the image as the network sees it: at ``zoom``, of the zoomed image."""
-    rows, cols = AxisMap.of(height, zoom), AxisMap.of(width, zoom)
-    return tile_layout(model, options.tile, zoomed_chunk(options.chunk, zoom), rows.zoomed, cols.zoomed)
-
-
 def _rescale(
     model: UNet, model_path: Path, image: NormalizedArray, rule: InstanceRule, options: PredictOptions, precision: Precision
 ) -> ZoomEstimate | None:
@@ -258,6 +245,12 @@ def _rescale(
     objects' diameter in pixels, which must give a zoom within ``ZOOM_RANGE``.
     """
     if options.diameter is None:
+        if trained_rescaled(model_path):
+            log.warning(
+                "%s was trained at one object size (train.rescale) but predict.diameter is null: images are "
+                "predicted at their own size, which the model may never have seen; set predict.diameter: auto",
+                model_path,
+            )
         return None
     target = training_object_diameter(model_path)
     if target is None:
@@ -279,7 +272,7 @@ def _rescale(
     _, height, width = image.shape
 
     def objects(region: Box, zoom: float) -> Any:
-        layout = _layout(model, options, height, width, zoom)
+        layout = zoomed_layout(model, options.tile, options.chunk, height, width, zoom)
         return rule.objects(predict_region_at(predictor, image, layout, region, options.batch_size, False, zoom))
 
     estimate = estimate_zoom(objects, sample_regions(height, width, options.chunk), target)
@@ -326,7 +319,7 @@ def predict_image(
     _, height, width = image.shape
     rescale = _rescale(model, model_path, NormalizedArray(image, stats), rule, options, precision)
     zoom = rescale.zoom if rescale is not None else 1.0
-    layout = _layout(model, options, height, width, zoom)
+    layout = zoomed_layout(model, options.tile, options.chunk, height, width, zoom)
     normalization = {**recipe.to_json(), **stats.to_json()}
     attrs = prediction_attrs(
         model, model_path, image_store, name, layout, options, normalization, precision, identity, rule

@@ -40,6 +40,10 @@ ZOOM_RANGE = (0.25, 4.0)
 ZOOM_STEPS_PER_OCTAVE = 4
 #: at most this many chunks of a large image (evenly spread) are predicted to estimate its zoom
 ESTIMATE_REGIONS = 16
+#: ``train.rescale`` resamples training images by at most 2x either way: the gapped targets are
+#: resampled by nearest neighbour, which keeps a 2-pixel gap between touching objects at half size
+#: but not at a quarter
+TRAIN_ZOOM_RANGE = (0.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -230,3 +234,15 @@ def model_diameter(checkpoint: dict[str, Any]) -> float | None:
     size = (checkpoint.get("recipe") or {}).get("object_size") or {}
     value = size.get("typical_diameter") or size.get("median_diameter")
     return float(value) if value else None
+
+
+def image_zoom(labels: np.ndarray, model_diameter: float) -> float:
+    """The zoom that brings the objects of one labelled image to ``model_diameter`` (quarter
+    octaves within ``TRAIN_ZOOM_RANGE``; 1.0 for an image without objects), measured as ``auto``
+    measures predicted objects."""
+    areas = object_areas(np.asarray(labels))
+    if not areas.size:
+        return 1.0
+    low, high = TRAIN_ZOOM_RANGE
+    return min(max(quantised_zoom(model_diameter / equivalent_diameter(typical_area(areas))), low), high)
+

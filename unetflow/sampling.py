@@ -19,6 +19,7 @@ sequence and the generator's state is enough to resume it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ class TileSampler:
         border: int,
         generator: torch.Generator,
         sampling: str = "image",
+        reaches: Sequence[float] | None = None,
     ) -> None:
         if not arrays:
             raise StoreError("no training images to sample from (is the train split empty?)")
@@ -87,20 +89,28 @@ class TileSampler:
         self.margin = margin
         self.border = border
         self.generator = generator
+        self.reaches = [1.0] * len(arrays) if reaches is None else [float(r) for r in reaches]
+        if len(self.reaches) != len(arrays):
+            raise ValueError(f"{len(self.reaches)} reaches for {len(arrays)} images")
         if sampling == "area":
             shares = torch.tensor([float(lab.shape[-2] * lab.shape[-1]) for _, lab, _ in arrays], dtype=torch.float64)
         else:
             shares = torch.ones(len(arrays), dtype=torch.float64)
         self.probabilities = shares / shares.sum()
 
-    def _origin(self, extent: int) -> int:
-        """Output-window origin along an axis of length ``extent``, uniform over all placements."""
-        low, high = min(0, extent - self.out_size), max(0, extent - self.out_size)
-        return int(torch.randint(low, high + 1, (1,), generator=self.generator))
+    def _origin(self, extent: int, reach: float) -> int:
+        """Output-window origin along an axis of length ``extent``, uniform over all placements
+        of the window's footprint (``reach`` x its edge, centred on the window: what the
+        augmenter resamples it from)."""
+        span = max(1, round(self.out_size * reach))
+        low, high = min(0, extent - span), max(0, extent - span)
+        start = int(torch.randint(low, high + 1, (1,), generator=self.generator))
+        return start + (span - self.out_size) // 2
 
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch: image (N, C, in+2b, in+2b) float32, label (N, out+2b, out+2b) int64 class
-        targets (``unetflow.targets``), weight (N, out+2b, out+2b) float32, as CPU tensors."""
+        targets (``unetflow.targets``), weight (N, out+2b, out+2b) float32, and each sample's
+        reach (N,) for the augmenter (``train.rescale``; all 1 without it), as CPU tensors."""
         picks = torch.multinomial(self.probabilities, n, replacement=True, generator=self.generator)
         context = self.margin + self.border
         in_edge = self.out_size + 2 * context
@@ -108,7 +118,8 @@ class TileSampler:
         images, labels, weights = [], [], []
         for index in picks.tolist():
             image, label, weight = self.arrays[index]
-            y0, x0 = self._origin(label.shape[-2]), self._origin(label.shape[-1])
+            reach = self.reaches[index]
+            y0, x0 = self._origin(label.shape[-2], reach), self._origin(label.shape[-1], reach)
             images.append(read_window(image, y0 - context, x0 - context, in_edge, in_edge))
             labels.append(read_window(label, y0 - self.border, x0 - self.border, out_edge, out_edge))
             weights.append(read_window(weight, y0 - self.border, x0 - self.border, out_edge, out_edge))
@@ -116,4 +127,5 @@ class TileSampler:
             torch.from_numpy(np.stack(images).astype(np.float32, copy=False)),
             torch.from_numpy(np.stack(labels).astype(np.int64)),
             torch.from_numpy(np.stack(weights).astype(np.float32, copy=False)),
+            torch.tensor([self.reaches[i] for i in picks.tolist()], dtype=torch.float32),
         )

@@ -50,6 +50,7 @@ from unetflow.progress import Progress
 from unetflow.sampling import TileSampler, open_split
 from unetflow.schedule import lr_factor
 from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta
+from unetflow.rescale import image_zoom
 from unetflow.validation import Selection, ValidationScores, validation_scores
 
 log = logging.getLogger(__name__)
@@ -147,15 +148,17 @@ class Trainer:
         self.normalization = Normalization.from_settings(model_settings.get("normalization", {})).fit(
             {name: data[IMAGES][name] for name in train_names}
         )
+        val_names = split_names(data, "val")
+        train_zooms, self.val_zooms = self._zooms(data, train_names), self._zooms(data, val_names)
         self.augmenter = Augmenter(
             AugmentSettings.from_config(self.cfg["augment"]),
             self.in_size,
             self.out_size,
             self.augment_generator,
             mid_grey=self.normalization.mid_grey,
+            max_reach=max([1.0, *(1.0 / z for z in train_zooms)]),
         )
         train_arrays = open_split(data_store, weights_store, train_names, self.normalization)
-        val_names = split_names(data, "val")
         self.val_arrays = open_split(data_store, weights_store, val_names, self.normalization)
         self.selection = Selection.for_model(self.cfg["select"], self.recipe, self.model.config["n_classes"])
         # the val images' objects, for an object score (val splits are dataset images, never slides)
@@ -167,7 +170,23 @@ class Trainer:
             self.augmenter.border,
             self.sampler_generator,
             sampling=self.cfg["sampling"],
+            reaches=[1.0 / z for z in train_zooms] if train_zooms else None,
         )
+
+    def _zooms(self, data: Any, names: list[str]) -> list[float]:
+        """With ``train.rescale``, each image's zoom to the training images' typical object size
+        (``unetflow.rescale.image_zoom``, from its labels), recorded in the recipe; else none."""
+        if not self.cfg["rescale"]:
+            return []
+        diameter = (self.recipe.get("object_size") or {}).get("typical_diameter")
+        if not diameter:
+            raise StoreError(
+                "train.rescale needs the typical object size of the training images, which these weight maps "
+                "do not record (written by an older unetflow, or no objects): run the weights stage again"
+            )
+        zooms = [image_zoom(np.asarray(data[LABELS][name][...]), float(diameter)) for name in names]
+        self.recipe["rescale"] = {"diameter": float(diameter)}
+        return zooms
 
     def _build_optimizer(self) -> None:
         """SGD or Adam over the model's parameters, and the fp16 gradient scaler."""
@@ -184,12 +203,12 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------------
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample windows on the CPU, move them to the device, augment them there."""
-        image, label, weight = self.sampler.sample(self.cfg["batch_size"])
+        image, label, weight, reach = self.sampler.sample(self.cfg["batch_size"])
         pin = self.device.type == "cuda"
         image, label, weight = (
             (t.pin_memory() if pin else t).to(self.device, non_blocking=pin) for t in (image, label, weight)
         )
-        return self.augmenter(image, label, weight)
+        return self.augmenter(image, label, weight, reach if self.cfg["rescale"] else None)
 
     def set_lr(self, step: int) -> float:
         """Set the scheduled learning rate of optimizer step ``step`` (1-based) and return it."""
@@ -219,7 +238,7 @@ class Trainer:
         (``unetflow.validation``); the model is back in training mode afterwards."""
         scores = validation_scores(
             self.model, self.device, self.precision, self.val_arrays, self.cfg["batch_size"],
-            truths=self.val_truths, selection=self.selection,
+            truths=self.val_truths, selection=self.selection, zooms=self.val_zooms,
         )
         self.model.train()
         return scores

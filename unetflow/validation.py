@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from unetflow.devices import Precision
-from unetflow.inference import TilePredictor, argmax_classes, predict_region, tile_layout
+from unetflow.inference import TilePredictor, argmax_classes, predict_region_at, zoomed_layout
 from unetflow.instances import InstanceRule
 from unetflow.model import UNet
 from unetflow.objectives import SELECT_FG_IOU, maximised
@@ -99,11 +99,13 @@ def validation_scores(
     batch_size: int,
     truths: Sequence[np.ndarray] = (),
     selection: Selection | None = None,
+    zooms: Sequence[float] = (),
 ) -> ValidationScores:
     """Loss and foreground IoU pooled over the (image, target, weight) arrays, and, when the
     selection needs objects, its object score against ``truths`` (the val images' objects).
 
-    Leaves ``model`` in eval mode (the predictor puts it there).
+    ``zooms`` (one per image, ``train.rescale``) predicts each image at the size the model trains at,
+    as ``predict.diameter`` will. Leaves ``model`` in eval mode (the predictor puts it there).
     """
     with_objects = selection is not None and selection.needs_objects
     if with_objects and len(truths) != len(arrays):
@@ -112,10 +114,11 @@ def validation_scores(
     loss_sum, pixels, inter, union, predicted = 0.0, 0, 0, 0, []
     for index, (image, label, weight) in enumerate(arrays):
         height, width = label.shape
-        layout = tile_layout(model, VAL_TILE, VAL_CHUNK, height, width)
+        zoom = float(zooms[index]) if zooms else 1.0
+        layout = zoomed_layout(model, VAL_TILE, VAL_CHUNK, height, width, zoom)
         whole = np.empty((predictor.n_classes, height, width), np.float32) if with_objects else None
         for _, region in ChunkGrid(height, width, VAL_CHUNK):
-            probs = predict_region(predictor, image, layout, region, batch_size, tta=False)
+            probs = predict_region_at(predictor, image, layout, region, batch_size, False, zoom)
             if whole is not None:
                 whole[(slice(None), *region.slices)] = probs
             target = np.asarray(label[region.slices]).astype(np.intp)
