@@ -162,8 +162,7 @@ def test_sampler_is_deterministic_and_mirrors_at_borders(tmp_path: Path) -> None
     second = Trainer(data, weights, tmp_path / "b", model, train)
     batch_a, batch_b = first.sampler.sample(8), second.sampler.sample(8)
     assert all(torch.equal(x, y) for x, y in zip(batch_a, batch_b))
-    image, label, weight, reach = batch_a
-    assert torch.equal(reach, torch.ones(8))  # no train.rescale
+    image, label, weight = batch_a
     margin = first.model.margin
     assert image.shape == (8, 1, first.in_size, first.in_size) and label.shape == (8, first.out_size, first.out_size)
     assert set(label.unique().tolist()) <= {0, 1} and torch.equal(weight, torch.ones_like(weight))
@@ -418,7 +417,7 @@ def test_evaluate_only_dataset_is_refused_by_training(tmp_path: Path) -> None:
 
 
 def test_rescale_trains_each_image_at_the_typical_object_size(tmp_path: Path) -> None:
-    """train.rescale: images of small and of large discs get reaches 1/zoom towards the typical
+    """train.rescale: images of small and of large discs are resampled towards the typical
     diameter the weights stage recorded, validation predicts at the val images' zooms, and the
     recipe travels with the checkpoint; weight maps without that size are refused by name."""
     rng = np.random.default_rng(1)
@@ -441,9 +440,9 @@ def test_rescale_trains_each_image_at_the_typical_object_size(tmp_path: Path) ->
     diameter = sizes["typical_diameter"]
     expected = [image_zoom(labels[name], diameter) for name in names[:4]]
     assert expected[0] > 1 > expected[2]  # small discs are enlarged, large ones shrunk
-    assert trainer.sampler.reaches == pytest.approx([1 / z for z in expected])
+    # the sampler draws from the resampled images (out of the training images' own 96 px)
+    assert [image.shape[-1] for image, _, _ in trainer.sampler.arrays] == [round(96 * z) for z in expected]
     assert trainer.val_zooms == [image_zoom(labels[name], diameter) for name in names[4:]]
-    assert trainer.augmenter.max_reach == pytest.approx(max(1 / z for z in expected))
     trainer.run()
     best = torch.load(tmp_path / "w" / "best.pt", weights_only=True)
     assert best["recipe"]["rescale"] == {"diameter": diameter}

@@ -119,7 +119,6 @@ class Augmenter:
         out_size: int,
         generator: torch.Generator,
         mid_grey: float = 0.5,
-        max_reach: float = 1.0,
     ) -> None:
         if (in_size - out_size) % 2:
             raise ValueError("input and output tile edges must differ by an even number")
@@ -128,23 +127,21 @@ class Augmenter:
         self.in_size = in_size
         self.out_size = out_size
         self.generator = generator
-        self.max_reach = max_reach
         self.border = self._border()
 
     def _border(self) -> int:
         """Pixels beyond the tile that the transform can reach; farther samples get mirrored."""
         s = self.settings
-        if not s.geometric and self.max_reach == 1.0:
+        if not s.geometric:
             return 0
         corner = (self.in_size - 1) / 2 * math.sqrt(2)  # flips and 90-degree turns keep the square
-        zoom = (1 + s.scale) * self.max_reach  # the largest factor: a zoom out reads farther than the tile
+        zoom = 1 + s.scale  # the largest factor: a zoom out reads farther than the tile
         rotation = 2 * zoom * corner * math.sin(math.radians(s.rotate_degrees) / 2)
         elastic = 3 * s.elastic_sigma if s.elastic else 0.0
         return math.ceil(corner * (zoom - 1) + rotation + s.shift * math.sqrt(2) + elastic)
 
-    def _source_coords(self, n: int, reach: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source coordinates (N, in, in) relative to the tile centre for every kept input pixel;
-        ``reach`` (N,) scales each sample's coordinates (source pixels per output pixel)."""
+    def _source_coords(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source coordinates (N, in, in) relative to the tile centre for every kept input pixel."""
         s, g = self.settings, self.generator
         device = g.device
         angle = torch.zeros(n, device=device)
@@ -157,10 +154,8 @@ class Augmenter:
             angle = angle + torch.deg2rad(_uniform(n, -s.rotate_degrees, s.rotate_degrees, g))
         zoom = torch.ones(n, 1, 1, device=device)
         if s.scale > 0:
-            spread = math.log1p(s.scale)
-            zoom = torch.exp(_uniform(n, -spread, spread, g)).view(n, 1, 1)
-        if reach is not None:
-            zoom = zoom * reach.to(device=device, dtype=torch.float32).view(n, 1, 1)
+            reach = math.log1p(s.scale)
+            zoom = torch.exp(_uniform(n, -reach, reach, g)).view(n, 1, 1)
         shift = torch.zeros(n, 2, device=device)
         if s.shift > 0:
             shift = (torch.rand(n, 2, generator=g, device=device) * 2 - 1) * s.shift
@@ -197,21 +192,18 @@ class Augmenter:
         return image
 
     def __call__(
-        self, image: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, reach: torch.Tensor | None = None
+        self, image: torch.Tensor, label: torch.Tensor, weight: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Augment a batch: image (N, C, in+2b, in+2b) float, label (N, out+2b, out+2b) integer,
-        weight (N, out+2b, out+2b) float -> image (N, C, in, in), label (N, out, out), weight.
-
-        ``reach`` (N,), at most ``max_reach``: source pixels per tile pixel of each sample, the
-        resampling of ``train.rescale`` (2 shows an image's objects at half their size)."""
+        weight (N, out+2b, out+2b) float -> image (N, C, in, in), label (N, out, out), weight."""
         expect_in, expect_out = self.in_size + 2 * self.border, self.out_size + 2 * self.border
         if image.shape[-1] != expect_in or label.shape[-1] != expect_out or weight.shape[-1] != expect_out:
             raise ValueError(
                 f"expected source edges {expect_in} (image) and {expect_out} (label, weight), "
                 f"got {image.shape[-1]}, {label.shape[-1]}, {weight.shape[-1]}"
             )
-        if self.settings.geometric or reach is not None:
-            src_y, src_x = self._source_coords(image.shape[0], reach)
+        if self.settings.geometric:
+            src_y, src_x = self._source_coords(image.shape[0])
             image = _sample(image.float(), src_y, src_x, "bilinear")
             pair = torch.stack([label.float(), weight.float()], dim=1)
             pair = _sample(pair, _crop(src_y, self.out_size), _crop(src_x, self.out_size), "nearest")

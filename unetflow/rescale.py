@@ -120,6 +120,31 @@ class ZoomedView:
         return xs.apply(ys.apply(native, -2, ys.start), -1, xs.start)
 
 
+class NearestView:
+    """A (..., Y, X) array seen at ``zoom`` by nearest neighbour: class targets and weight maps,
+    whose values must stay values of the array (a class, the weight of that very pixel)."""
+
+    def __init__(self, array: Any, zoom: float) -> None:
+        *leading, height, width = array.shape
+        self.array = array
+        self.rows = AxisMap.of(height, zoom)
+        self.cols = AxisMap.of(width, zoom)
+        self.shape = (*leading, self.rows.zoomed, self.cols.zoomed)
+
+    def __getitem__(self, key: tuple[Any, slice, slice]) -> np.ndarray:
+        rows, cols = key[-2], key[-1]
+        ys = _nearest(self.rows.to_native(np.arange(rows.start, rows.stop)), self.rows.native)
+        xs = _nearest(self.cols.to_native(np.arange(cols.start, cols.stop)), self.cols.native)
+        y0, x0 = int(ys.min()), int(xs.min())
+        native = np.asarray(self.array[..., y0 : int(ys.max()) + 1, x0 : int(xs.max()) + 1])
+        return native[..., ys - y0, :][..., xs - x0]
+
+
+def _nearest(coordinates: np.ndarray, size: int) -> np.ndarray:
+    """The native pixel nearest to each coordinate (halves round up), clamped to the axis."""
+    return np.clip(np.floor(coordinates + 0.5), 0, size - 1).astype(np.int64)
+
+
 def zoomed_region(view: ZoomedView, region: Box) -> tuple[Box, Linear, Linear]:
     """The zoomed box whose probabilities interpolate native ``region``, and the interpolation."""
     ys = Linear.at(view.rows.to_zoomed(np.arange(region.y0, region.y1)), view.rows.zoomed)

@@ -19,7 +19,6 @@ sequence and the generator's state is enough to resume it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from unetflow.normalize import Normalization, NormalizedArray
+from unetflow.rescale import NearestView, ZoomedView
 from unetflow.store import IMAGES, TARGETS, WEIGHTS, StoreError, open_store, store_meta
 from unetflow.tiling import read_window
 
@@ -67,6 +67,24 @@ def open_split(
     return triples
 
 
+def at_zoom(arrays: tuple[Any, Any, Any], zoom: float) -> tuple[Any, Any, Any]:
+    """An (image, target, weight) triple resampled by ``zoom`` (``train.rescale``): the image
+    linearly, target and weight by nearest neighbour (a pixel keeps its class and the weight
+    computed for it; at half size a 2-pixel gap between touching objects still shows). In-memory
+    arrays are resampled at once; lazy ones (a split over ``PRELOAD_BYTES``) as windows are read.
+
+    Resampled once before sampling, as nnU-Net resamples its data before augmenting, so the
+    augmentation and its read border stay those of an image at its own size.
+    """
+    if zoom == 1.0:
+        return arrays
+    image, target, weight = arrays
+    views = (ZoomedView(image, zoom), NearestView(target, zoom), NearestView(weight, zoom))
+    if not all(isinstance(array, np.ndarray) for array in arrays):
+        return views
+    return tuple(view[..., 0 : view.shape[-2], 0 : view.shape[-1]] for view in views)  # type: ignore[return-value]
+
+
 class TileSampler:
     """Draws batches of (image, label, weight) windows for a network with the given geometry."""
 
@@ -78,7 +96,6 @@ class TileSampler:
         border: int,
         generator: torch.Generator,
         sampling: str = "image",
-        reaches: Sequence[float] | None = None,
     ) -> None:
         if not arrays:
             raise StoreError("no training images to sample from (is the train split empty?)")
@@ -89,28 +106,20 @@ class TileSampler:
         self.margin = margin
         self.border = border
         self.generator = generator
-        self.reaches = [1.0] * len(arrays) if reaches is None else [float(r) for r in reaches]
-        if len(self.reaches) != len(arrays):
-            raise ValueError(f"{len(self.reaches)} reaches for {len(arrays)} images")
         if sampling == "area":
             shares = torch.tensor([float(lab.shape[-2] * lab.shape[-1]) for _, lab, _ in arrays], dtype=torch.float64)
         else:
             shares = torch.ones(len(arrays), dtype=torch.float64)
         self.probabilities = shares / shares.sum()
 
-    def _origin(self, extent: int, reach: float) -> int:
-        """Output-window origin along an axis of length ``extent``, uniform over all placements
-        of the window's footprint (``reach`` x its edge, centred on the window: what the
-        augmenter resamples it from)."""
-        span = max(1, round(self.out_size * reach))
-        low, high = min(0, extent - span), max(0, extent - span)
-        start = int(torch.randint(low, high + 1, (1,), generator=self.generator))
-        return start + (span - self.out_size) // 2
+    def _origin(self, extent: int) -> int:
+        """Output-window origin along an axis of length ``extent``, uniform over all placements."""
+        low, high = min(0, extent - self.out_size), max(0, extent - self.out_size)
+        return int(torch.randint(low, high + 1, (1,), generator=self.generator))
 
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch: image (N, C, in+2b, in+2b) float32, label (N, out+2b, out+2b) int64 class
-        targets (``unetflow.targets``), weight (N, out+2b, out+2b) float32, and each sample's
-        reach (N,) for the augmenter (``train.rescale``; all 1 without it), as CPU tensors."""
+        targets (``unetflow.targets``), weight (N, out+2b, out+2b) float32, as CPU tensors."""
         picks = torch.multinomial(self.probabilities, n, replacement=True, generator=self.generator)
         context = self.margin + self.border
         in_edge = self.out_size + 2 * context
@@ -118,8 +127,7 @@ class TileSampler:
         images, labels, weights = [], [], []
         for index in picks.tolist():
             image, label, weight = self.arrays[index]
-            reach = self.reaches[index]
-            y0, x0 = self._origin(label.shape[-2], reach), self._origin(label.shape[-1], reach)
+            y0, x0 = self._origin(label.shape[-2]), self._origin(label.shape[-1])
             images.append(read_window(image, y0 - context, x0 - context, in_edge, in_edge))
             labels.append(read_window(label, y0 - self.border, x0 - self.border, out_edge, out_edge))
             weights.append(read_window(weight, y0 - self.border, x0 - self.border, out_edge, out_edge))
@@ -127,5 +135,4 @@ class TileSampler:
             torch.from_numpy(np.stack(images).astype(np.float32, copy=False)),
             torch.from_numpy(np.stack(labels).astype(np.int64)),
             torch.from_numpy(np.stack(weights).astype(np.float32, copy=False)),
-            torch.tensor([self.reaches[i] for i in picks.tolist()], dtype=torch.float32),
         )

@@ -47,7 +47,7 @@ from unetflow.losses import LOSSES
 from unetflow.model import BEST, LAST, UNet, save_checkpoint, write_model_json
 from unetflow.normalize import Normalization
 from unetflow.progress import Progress
-from unetflow.sampling import TileSampler, open_split
+from unetflow.sampling import TileSampler, at_zoom, open_split
 from unetflow.schedule import lr_factor
 from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta
 from unetflow.rescale import image_zoom
@@ -156,9 +156,10 @@ class Trainer:
             self.out_size,
             self.augment_generator,
             mid_grey=self.normalization.mid_grey,
-            max_reach=max([1.0, *(1.0 / z for z in train_zooms)]),
         )
         train_arrays = open_split(data_store, weights_store, train_names, self.normalization)
+        if train_zooms:  # train.rescale: each image seen at the typical object size
+            train_arrays = [at_zoom(arrays, zoom) for arrays, zoom in zip(train_arrays, train_zooms)]
         self.val_arrays = open_split(data_store, weights_store, val_names, self.normalization)
         self.selection = Selection.for_model(self.cfg["select"], self.recipe, self.model.config["n_classes"])
         # the val images' objects, for an object score (val splits are dataset images, never slides)
@@ -170,7 +171,6 @@ class Trainer:
             self.augmenter.border,
             self.sampler_generator,
             sampling=self.cfg["sampling"],
-            reaches=[1.0 / z for z in train_zooms] if train_zooms else None,
         )
 
     def _zooms(self, data: Any, names: list[str]) -> list[float]:
@@ -203,12 +203,12 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------------
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample windows on the CPU, move them to the device, augment them there."""
-        image, label, weight, reach = self.sampler.sample(self.cfg["batch_size"])
+        image, label, weight = self.sampler.sample(self.cfg["batch_size"])
         pin = self.device.type == "cuda"
         image, label, weight = (
             (t.pin_memory() if pin else t).to(self.device, non_blocking=pin) for t in (image, label, weight)
         )
-        return self.augmenter(image, label, weight, reach if self.cfg["rescale"] else None)
+        return self.augmenter(image, label, weight)
 
     def set_lr(self, step: int) -> float:
         """Set the scheduled learning rate of optimizer step ``step`` (1-based) and return it."""
