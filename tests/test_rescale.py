@@ -16,7 +16,7 @@ from unetflow.model import UNet, save_checkpoint
 from unetflow.normalize import Normalization
 from unetflow.predict import PredictOptions, predict_image
 from unetflow.rescale import (
-    NearestView,
+    Nearest,
     ZoomedView,
     equivalent_diameter,
     estimate_zoom,
@@ -179,14 +179,14 @@ def test_nearest_view_keeps_values_and_gaps() -> None:
     """Labels resampled by nearest neighbour: doubled pixels at 2x, every other pixel at 1/2, and a
     2-pixel gap between two objects survives halving wherever it lies."""
     labels = np.arange(48, dtype=np.int32).reshape(1, 6, 8)
-    twice = NearestView(labels, 2.0)
+    twice = ZoomedView(labels, 2.0, Nearest)
     np.testing.assert_array_equal(twice[..., 0:12, 0:16], labels.repeat(2, axis=1).repeat(2, axis=2))
-    half = NearestView(labels, 0.5)
+    half = ZoomedView(labels, 0.5, Nearest)
     np.testing.assert_array_equal(half[..., 0:3, 0:4], labels[:, 1::2, 1::2])
     for start in range(4, 10):
         row = np.ones((1, 1, 20), np.int32)
         row[..., start + 2 :] = 2
         row[..., start : start + 2] = 0
-        halved = NearestView(row, 0.5)[..., 0:1, 0:10].ravel()
+        halved = ZoomedView(row, 0.5, Nearest)[..., 0:1, 0:10].ravel()
         assert 0 in halved and set(halved) == {0, 1, 2}
 

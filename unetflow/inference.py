@@ -226,16 +226,20 @@ def predict_region_at(
     return cols.apply(rows.apply(probs, -2, box.y0), -1, box.x0)
 
 
+def _model_state(model_path: Path) -> dict[str, Any]:
+    """The checkpoint of ``model_path``, read once per process (``_checkpoint_state``)."""
+    checkpoint = checkpoint_file(model_path)
+    return _checkpoint_state(str(checkpoint), checkpoint.stat().st_mtime_ns)
+
+
 def trained_rescaled(model_path: Path) -> bool:
     """Whether a model was trained with every image at one object size (``train.rescale``)."""
-    checkpoint = checkpoint_file(model_path)
-    return "rescale" in _checkpoint_state(str(checkpoint), checkpoint.stat().st_mtime_ns).get("recipe", {})
+    return "rescale" in _model_state(model_path).get("recipe", {})
 
 
 def training_object_diameter(model_path: Path) -> float | None:
-    """The median diameter of a model's training objects, as recorded with it (None: not recorded)."""
-    checkpoint = checkpoint_file(model_path)
-    return model_diameter(_checkpoint_state(str(checkpoint), checkpoint.stat().st_mtime_ns))
+    """The object diameter a model was trained at (``unetflow.rescale.model_diameter``; None: not recorded)."""
+    return model_diameter(_model_state(model_path))
 
 
 def argmax_classes(probs: np.ndarray) -> np.ndarray:

@@ -100,49 +100,49 @@ class Linear:
         return (low * (1.0 - weight) + high * weight).astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True)
+class Nearest:
+    """Nearest-neighbour sampling at coordinates along an axis of ``size`` samples (halves round
+    up, clamped at its ends): values stay values of the array (a class, that pixel's weight)."""
+
+    index: np.ndarray
+
+    @classmethod
+    def at(cls, coordinates: np.ndarray, size: int) -> Nearest:
+        return cls(np.clip(np.floor(coordinates + 0.5), 0, size - 1).astype(np.int64))
+
+    @property
+    def start(self) -> int:
+        return int(self.index.min())
+
+    @property
+    def stop(self) -> int:
+        return int(self.index.max()) + 1
+
+    def apply(self, samples: np.ndarray, axis: int, offset: int) -> np.ndarray:
+        return np.take(samples, self.index - offset, axis=axis)
+
+
 class ZoomedView:
-    """A (C, Y, X) image seen at ``zoom``: sliceable like an array by ``[..., rows, cols]`` with
-    in-bounds slices (how ``read_window`` reads), each read interpolated from the native pixels
-    under it, so a zarr slide is read chunk by chunk as before."""
+    """A (..., Y, X) array seen at ``zoom``: sliceable like an array by ``[..., rows, cols]`` with
+    in-bounds slices (how ``read_window`` reads), each read sampled from the native pixels under
+    it, so a zarr slide is read chunk by chunk as before. Images are interpolated linearly
+    (``Linear``, float32); class targets and weight maps take the nearest pixel (``Nearest``)."""
 
-    def __init__(self, array: Any, zoom: float) -> None:
-        channels, height, width = array.shape
-        self.array = array
-        self.rows = AxisMap.of(height, zoom)
-        self.cols = AxisMap.of(width, zoom)
-        self.shape = (channels, self.rows.zoomed, self.cols.zoomed)
-
-    def __getitem__(self, key: tuple[Any, slice, slice]) -> np.ndarray:
-        rows, cols = key[-2], key[-1]
-        ys = Linear.at(self.rows.to_native(np.arange(rows.start, rows.stop)), self.rows.native)
-        xs = Linear.at(self.cols.to_native(np.arange(cols.start, cols.stop)), self.cols.native)
-        native = np.asarray(self.array[..., ys.start : ys.stop, xs.start : xs.stop], dtype=np.float32)
-        return xs.apply(ys.apply(native, -2, ys.start), -1, xs.start)
-
-
-class NearestView:
-    """A (..., Y, X) array seen at ``zoom`` by nearest neighbour: class targets and weight maps,
-    whose values must stay values of the array (a class, the weight of that very pixel)."""
-
-    def __init__(self, array: Any, zoom: float) -> None:
+    def __init__(self, array: Any, zoom: float, sampling: type[Linear] | type[Nearest] = Linear) -> None:
         *leading, height, width = array.shape
         self.array = array
+        self.sampling = sampling
         self.rows = AxisMap.of(height, zoom)
         self.cols = AxisMap.of(width, zoom)
         self.shape = (*leading, self.rows.zoomed, self.cols.zoomed)
 
     def __getitem__(self, key: tuple[Any, slice, slice]) -> np.ndarray:
         rows, cols = key[-2], key[-1]
-        ys = _nearest(self.rows.to_native(np.arange(rows.start, rows.stop)), self.rows.native)
-        xs = _nearest(self.cols.to_native(np.arange(cols.start, cols.stop)), self.cols.native)
-        y0, x0 = int(ys.min()), int(xs.min())
-        native = np.asarray(self.array[..., y0 : int(ys.max()) + 1, x0 : int(xs.max()) + 1])
-        return native[..., ys - y0, :][..., xs - x0]
-
-
-def _nearest(coordinates: np.ndarray, size: int) -> np.ndarray:
-    """The native pixel nearest to each coordinate (halves round up), clamped to the axis."""
-    return np.clip(np.floor(coordinates + 0.5), 0, size - 1).astype(np.int64)
+        ys = self.sampling.at(self.rows.to_native(np.arange(rows.start, rows.stop)), self.rows.native)
+        xs = self.sampling.at(self.cols.to_native(np.arange(cols.start, cols.stop)), self.cols.native)
+        native = np.asarray(self.array[..., ys.start : ys.stop, xs.start : xs.stop])
+        return xs.apply(ys.apply(native, -2, ys.start), -1, xs.start)
 
 
 def zoomed_region(view: ZoomedView, region: Box) -> tuple[Box, Linear, Linear]:
@@ -192,6 +192,12 @@ def typical_area(areas: np.ndarray) -> float:
     return float(ordered[np.searchsorted(cumulative, cumulative[-1] / 2.0)])
 
 
+def typical_diameter(areas: np.ndarray) -> float | None:
+    """The equivalent diameter of ``typical_area`` (None: no objects), the one size statistic of
+    training images (``unetflow.weighting.object_sizes``, ``image_zoom``) and of ``auto``."""
+    return equivalent_diameter(typical_area(areas)) if np.size(areas) else None
+
+
 def quantised_zoom(zoom: float) -> float:
     """``zoom`` clipped to ``ZOOM_RANGE`` and rounded to quarter octaves (1.0 exactly near 1)."""
     low, high = ZOOM_RANGE
@@ -211,7 +217,7 @@ def sample_regions(height: int, width: int, chunk: int, limit: int = ESTIMATE_RE
 
 @dataclass(frozen=True)
 class ZoomEstimate:
-    """What ``estimate_zoom`` measured: each pass's zoom and median object diameter (native px)."""
+    """What ``estimate_zoom`` measured: each pass's zoom and typical object diameter (native px)."""
 
     zoom: float
     passes: Sequence[tuple[float, float | None]]
@@ -221,7 +227,7 @@ class ZoomEstimate:
         return {
             "zoom": self.zoom,
             "model_diameter": self.model_diameter,
-            "passes": [{"zoom": z, "median_diameter": d} for z, d in self.passes],
+            "passes": [{"zoom": z, "typical_diameter": d} for z, d in self.passes],
         }
 
 
@@ -230,23 +236,22 @@ def estimate_zoom(predict_objects: Any, regions: Sequence[Box], model_diameter: 
 
     ``predict_objects(region, zoom)`` returns the objects (native pixels) of ``region`` predicted at
     ``zoom``. The first pass, at the native size, measures the objects' typical diameter
-    (``typical_area``); when that
-    implies a zoom, a second pass at it measures them again, nearer the size the model knows (it
-    sees objects best at its own scale), and that measurement decides. No objects in the first
-    pass: no zoom (nothing to size); none in the second: the first pass's zoom.
+    (``typical_diameter``); when that implies a zoom, a second pass at it measures them again,
+    nearer the size the model knows (it sees objects best at its own scale), and that measurement
+    decides. No objects in the first pass: no zoom (nothing to size); none in the second: the
+    first pass's zoom.
     """
 
-    def median_diameter(zoom: float) -> float | None:
-        areas = np.concatenate([object_areas(predict_objects(region, zoom)) for region in regions])
-        return equivalent_diameter(typical_area(areas)) if areas.size else None
+    def measured(zoom: float) -> float | None:
+        return typical_diameter(np.concatenate([object_areas(predict_objects(region, zoom)) for region in regions]))
 
-    first = median_diameter(1.0)
+    first = measured(1.0)
     if first is None:
         return ZoomEstimate(1.0, [(1.0, None)], model_diameter)
     zoom = quantised_zoom(model_diameter / first)
     if zoom == 1.0:
         return ZoomEstimate(1.0, [(1.0, first)], model_diameter)
-    second = median_diameter(zoom)
+    second = measured(zoom)
     final = zoom if second is None else quantised_zoom(model_diameter / second)
     return ZoomEstimate(final, [(1.0, first), (zoom, second)], model_diameter)
 
@@ -265,9 +270,9 @@ def image_zoom(labels: np.ndarray, model_diameter: float) -> float:
     """The zoom that brings the objects of one labelled image to ``model_diameter`` (quarter
     octaves within ``TRAIN_ZOOM_RANGE``; 1.0 for an image without objects), measured as ``auto``
     measures predicted objects."""
-    areas = object_areas(np.asarray(labels))
-    if not areas.size:
+    diameter = typical_diameter(object_areas(np.asarray(labels)))
+    if diameter is None:
         return 1.0
     low, high = TRAIN_ZOOM_RANGE
-    return min(max(quantised_zoom(model_diameter / equivalent_diameter(typical_area(areas))), low), high)
+    return min(max(quantised_zoom(model_diameter / diameter), low), high)
 

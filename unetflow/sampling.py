@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from unetflow.normalize import Normalization, NormalizedArray
-from unetflow.rescale import NearestView, ZoomedView
+from unetflow.rescale import Nearest, ZoomedView
 from unetflow.store import IMAGES, TARGETS, WEIGHTS, StoreError, open_store, store_meta
 from unetflow.tiling import read_window
 
@@ -79,7 +79,7 @@ def at_zoom(arrays: tuple[Any, Any, Any], zoom: float) -> tuple[Any, Any, Any]:
     if zoom == 1.0:
         return arrays
     image, target, weight = arrays
-    views = (ZoomedView(image, zoom), NearestView(target, zoom), NearestView(weight, zoom))
+    views = (ZoomedView(image, zoom), ZoomedView(target, zoom, Nearest), ZoomedView(weight, zoom, Nearest))
     if not all(isinstance(array, np.ndarray) for array in arrays):
         return views
     return tuple(view[..., 0 : view.shape[-2], 0 : view.shape[-1]] for view in views)  # type: ignore[return-value]

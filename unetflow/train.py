@@ -49,8 +49,8 @@ from unetflow.normalize import Normalization
 from unetflow.progress import Progress
 from unetflow.sampling import TileSampler, at_zoom, open_split
 from unetflow.schedule import lr_factor
-from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta
 from unetflow.rescale import image_zoom
+from unetflow.store import IMAGES, LABELS, StoreError, atomic_output, open_store, split_names, store_meta
 from unetflow.validation import Selection, ValidationScores, validation_scores
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,10 @@ class Trainer:
             {name: data[IMAGES][name] for name in train_names}
         )
         val_names = split_names(data, "val")
-        train_zooms, self.val_zooms = self._zooms(data, train_names), self._zooms(data, val_names)
+        diameter = self._rescale_diameter()
+        train_zooms, self.val_zooms = self._zooms(data, train_names, diameter), self._zooms(data, val_names, diameter)
+        if diameter is not None:
+            self.recipe["rescale"] = {"diameter": diameter}
         self.augmenter = Augmenter(
             AugmentSettings.from_config(self.cfg["augment"]),
             self.in_size,
@@ -173,20 +176,26 @@ class Trainer:
             sampling=self.cfg["sampling"],
         )
 
-    def _zooms(self, data: Any, names: list[str]) -> list[float]:
-        """With ``train.rescale``, each image's zoom to the training images' typical object size
-        (``unetflow.rescale.image_zoom``, from its labels), recorded in the recipe; else none."""
+    def _rescale_diameter(self) -> float | None:
+        """With ``train.rescale``, the training images' typical object diameter (the weights stage
+        records it) that every image is resampled to; None without it."""
         if not self.cfg["rescale"]:
-            return []
+            return None
         diameter = (self.recipe.get("object_size") or {}).get("typical_diameter")
         if not diameter:
             raise StoreError(
                 "train.rescale needs the typical object size of the training images, which these weight maps "
                 "do not record (written by an older unetflow, or no objects): run the weights stage again"
             )
-        zooms = [image_zoom(np.asarray(data[LABELS][name][...]), float(diameter)) for name in names]
-        self.recipe["rescale"] = {"diameter": float(diameter)}
-        return zooms
+        return float(diameter)
+
+    @staticmethod
+    def _zooms(data: Any, names: list[str], diameter: float | None) -> list[float]:
+        """Each image's zoom to ``diameter`` (``unetflow.rescale.image_zoom``, from its labels);
+        none without ``train.rescale``."""
+        if diameter is None:
+            return []
+        return [image_zoom(np.asarray(data[LABELS][name][...]), diameter) for name in names]
 
     def _build_optimizer(self) -> None:
         """SGD or Adam over the model's parameters, and the fp16 gradient scaler."""

@@ -69,10 +69,8 @@ class Selection:
         return self.score != SELECT_FG_IOU
 
     def object_score(self, images: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> float:
-        """The objective averaged over (name, truth, probabilities) images at the best candidate
-        (the defaults alone when no grid was given)."""
-        entries = self.candidates or ({"mode": "threshold", "seed_threshold": 0.5, "foreground_threshold": 0.5, "h_distance": None, "min_size": 0},)
-        values = [row["score"] for row in search(images, self.rule, entries, self.sizes, self.score)]
+        """The objective averaged over (name, truth, probabilities) images at the best candidate."""
+        values = [row["score"] for row in search(images, self.rule, self.candidates, self.sizes, self.score)]
         return float(max(values) if maximised(self.score) else min(values))
 
     def better(self, score: float, than: float | None) -> bool:

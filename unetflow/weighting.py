@@ -25,7 +25,7 @@ import zarr
 from unetflow.io.errors import InputError
 from unetflow.io.labels import connected_instances
 from unetflow.progress import track
-from unetflow.rescale import equivalent_diameter, object_areas, typical_area
+from unetflow.rescale import equivalent_diameter, object_areas, typical_diameter
 from unetflow.store import (
     ATTRS_KEY,
     IMAGES,
@@ -77,7 +77,7 @@ def object_sizes(labels: dict[str, Any], names: list[str]) -> dict[str, float | 
     them), and the typical diameter that ``predict.diameter: auto`` resamples images to.
 
     ``typical_diameter`` is the median over the images of each image's typical object
-    (``unetflow.rescale.typical_area``: the object holding the median object pixel, objects cut by
+    (``unetflow.rescale.typical_diameter``: the object holding the median object pixel, objects cut by
     the border left out), the very statistic auto measures on an image to predict, so that an
     image like the training ones is not resampled. Counted on the stored instance labels, whole
     image by whole image (training label images are small; a labelled slide would be read whole).
@@ -87,9 +87,9 @@ def object_sizes(labels: dict[str, Any], names: list[str]) -> dict[str, float | 
         image_labels = np.asarray(labels[name][...])
         counts = np.bincount(image_labels.ravel())[1:]
         areas.append(counts[counts > 0])
-        inner = object_areas(image_labels)
-        if inner.size:
-            typical.append(equivalent_diameter(typical_area(inner)))
+        diameter = typical_diameter(object_areas(image_labels))
+        if diameter is not None:
+            typical.append(diameter)
     all_areas = np.concatenate(areas) if areas else np.zeros(0)
     if all_areas.size == 0:
         return {"n_objects": 0, "median_area": 0.0, "median_diameter": 0.0, "typical_diameter": 0.0}
