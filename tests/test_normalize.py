@@ -46,12 +46,47 @@ def test_streamed_percentiles_of_integer_pixels_equal_numpy_exactly(tmp_path: Pa
 
 
 def test_exact_percentiles_equal_numpy_and_leave_the_image_as_it_was() -> None:
-    """The exact path partitions its own float64 copy in place: numpy's values, the caller's pixels untouched."""
+    """The exact path gives numpy's values and leaves the caller's pixels untouched."""
     image = np.random.default_rng(3).normal(size=(2, 97, 83))  # float64: a copy must still be made
     before = image.copy()
     expected = np.stack([np.percentile(image[c], Q) for c in range(2)], axis=1)
     np.testing.assert_array_equal(image_percentiles(image, Q), expected)
     np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["normal float32", "skewed float32", "narrow float32", "float64", "uint8", "uint16", "int16 wide", "int32 wide",
+     "two values", "extreme float32"],
+)
+def test_percentiles_by_radix_select_equal_numpy_bit_for_bit(kind: str) -> None:
+    """Images past ``SORTED_DIRECTLY`` values are not sorted but counted by key bits
+    (``order_statistics``); every pixel type must still give numpy.percentile's exact values."""
+    rng = np.random.default_rng(7)
+    shape = (310, 290)
+    pixels = {
+        "normal float32": lambda: rng.normal(size=shape).astype(np.float32),
+        "skewed float32": lambda: (rng.exponential(1.0, shape) ** 4).astype(np.float32),  # most values in one bin
+        "narrow float32": lambda: (1000 + rng.random(shape)).astype(np.float32),
+        "float64": lambda: rng.normal(size=shape) * 1e5,
+        "uint8": lambda: rng.integers(0, 256, shape).astype(np.uint8),
+        "uint16": lambda: rng.integers(100, 60000, shape).astype(np.uint16),
+        "int16 wide": lambda: rng.integers(-30000, 30000, shape).astype(np.int16),  # high - low overflows int16
+        "int32 wide": lambda: rng.integers(-2**30, 2**30, shape).astype(np.int32),
+        "two values": lambda: (rng.random(shape) > 0.995).astype(np.float32),
+        "extreme float32": lambda: np.where(rng.random(shape) > 0.999, np.float32(3e38), np.float32(-3e38) * rng.random(shape)).astype(np.float32),
+    }[kind]()
+    assert pixels.size > normalize_module.SORTED_DIRECTLY
+    q = (0.0, 0.1, 1.0, 50.0, 99.8, 99.99, 100.0)
+    np.testing.assert_array_equal(
+        normalize_module.channel_percentiles(pixels, q), np.percentile(pixels.astype(np.float64), q)
+    )
+
+
+def test_percentiles_of_an_image_with_nan_are_nan_as_numpy_says() -> None:
+    pixels = np.random.default_rng(8).normal(size=(300, 300)).astype(np.float32)
+    pixels[5, 7] = np.nan
+    assert np.isnan(normalize_module.channel_percentiles(pixels, (1.0, 99.8))).all()
 
 
 def test_streamed_percentiles_of_float_pixels_stay_within_one_bin(tmp_path: Path) -> None:

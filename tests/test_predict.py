@@ -206,9 +206,10 @@ def test_tta_tiles_equal_whole_image_tta(tmp_path: Path) -> None:
     assert np.abs(probs - _whole_image(net, image, net.margin)).max() > 1e-3  # TTA did change something
 
 
-def test_a_region_keeps_the_model_until_all_its_batches_ran(tmp_path: Path) -> None:
-    """Two chunk tasks sharing one predictor: each runs its batches in a row, so the first chunk
-    is done (and written) while the second one runs, instead of both finishing together."""
+def test_a_region_keeps_a_serialised_model_until_all_its_batches_ran(tmp_path: Path) -> None:
+    """Two chunk tasks sharing one predictor whose forwards are serialised (a GPU's): each runs
+    its batches in a row, so the first chunk is done (and written) while the second one runs,
+    instead of both finishing together."""
     net = _model(tmp_path / "m.pt", depth=2)
     cpu = torch.device("cpu")
     callers: list[int] = []
@@ -220,7 +221,7 @@ def test_a_region_keeps_the_model_until_all_its_batches_ran(tmp_path: Path) -> N
                 callers.append(threading.get_ident())
                 return super().__call__(windows, tta)
 
-    predictor = Recording(net, cpu, resolve_precision("fp32", cpu))
+    predictor = Recording(net, cpu, resolve_precision("fp32", cpu), serialised=True)
     image = _image(64, 64)
     layout = tile_layout(net, 16, 64, 64, 64)
     regions = [Box(0, 0, 64, 32), Box(0, 32, 64, 32)]
@@ -238,6 +239,48 @@ def test_a_region_keeps_the_model_until_all_its_batches_ran(tmp_path: Path) -> N
     assert len(set(callers[:batches])) == 1 and len(set(callers[batches:])) == 1  # one region, then the other
     whole = predict_region(predictor, image, layout, Box(0, 0, 64, 64), 1, False)
     assert np.array_equal(np.concatenate([results[0], results[1]], axis=-1), whole)
+
+
+def test_cpu_forwards_run_side_by_side_each_on_its_share_of_threads(tmp_path: Path) -> None:
+    """On a CPU two chunk tasks run their forwards at the same time (both reach a barrier inside
+    the forward, which a lock would deadlock), each on ``threads_per_call`` torch threads of its
+    own, and the calling thread's torch setting is left as it was."""
+    net = _model(tmp_path / "m.pt", depth=2)
+    cpu = torch.device("cpu")
+    both_inside = threading.Barrier(2, timeout=20)
+    threads_seen: list[int] = []
+
+    class Meeting(TilePredictor):
+        def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+            threads_seen.append(torch.get_num_threads())
+            both_inside.wait()
+            return super()._probabilities(x)
+
+    before = torch.get_num_threads()
+    predictor = Meeting(net, cpu, resolve_precision("fp32", cpu), threads_per_call=1)
+    assert not predictor.serialised
+    image = _image(64, 64)
+    layout = tile_layout(net, 16, 64, 64, 64)
+    regions = [Box(0, 0, 64, 32), Box(0, 32, 64, 32)]
+    results: dict[int, np.ndarray] = {}
+    failures: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            results[i] = predict_region(predictor, image, layout, regions[i], 64, False)  # one batch each
+        except BaseException as exc:  # a broken barrier: the forwards did not meet
+            failures.append(exc)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not failures and threads_seen == [1, 1]
+    assert torch.get_num_threads() == before
+    reference = TilePredictor(net, cpu, resolve_precision("fp32", cpu))
+    whole = predict_region(reference, image, layout, Box(0, 0, 64, 64), 1, False)
+    assert np.abs(np.concatenate([results[0], results[1]], axis=-1) - whole).max() <= 1e-5  # other sums' order
 
 
 def test_the_checkpoint_is_read_once_per_prediction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

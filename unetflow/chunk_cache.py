@@ -51,21 +51,37 @@ class CachedChunks:
         return assemble(wanted, [(box, self._chunk(box)) for box in chunks_under(wanted, self.shape, self.array.chunks)])
 
 
+_HELD: dict[tuple[str, str], np.ndarray] = {}
+"""Images held whole and decoded by the process that predicts them (``hold_decoded``)."""
+
+
+def hold_decoded(store: str, path: str, pixels: np.ndarray) -> None:
+    """Serve array ``path`` of ``store`` from ``pixels``, its decoded contents, to the chunk tasks
+    of this process until ``release_shared_image``: an image small enough to be read whole for
+    its statistics is then decoded once, not once for them and again for the chunks."""
+    _HELD[(store, path)] = pixels
+
+
 @functools.lru_cache(maxsize=1)
 def _cached_image(store: str, path: str, written_ns: int, capacity: int) -> CachedChunks:
     return CachedChunks(zarr.open_array(store=store, path=path, mode="r"), capacity)
 
 
-def shared_image(store: str, path: str, capacity: int) -> CachedChunks:
+def shared_image(store: str, path: str, capacity: int) -> CachedChunks | np.ndarray:
     """Array ``path`` of ``store`` with a decoded-chunk cache shared by the threads of a process
-    (a rewritten array, e.g. a re-ingested store, gets a fresh cache)."""
+    (a rewritten array, e.g. a re-ingested store, gets a fresh cache), or its pixels where they
+    are held (``hold_decoded``)."""
+    held = _HELD.get((store, path))
+    if held is not None:
+        return held
     written = (Path(store) / path / "zarr.json").stat().st_mtime_ns
     return _cached_image(store, path, written, capacity)
 
 
 def release_shared_image() -> None:
-    """Drop the shared cache: the next image (or a rerun) reads another array."""
+    """Drop the shared cache and held images: the next image (or a rerun) reads another array."""
     _cached_image.cache_clear()
+    _HELD.clear()
 
 
 def cache_capacity(input_chunks: Sequence[int], layout: TileLayout, chunk: int) -> int:

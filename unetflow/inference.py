@@ -8,6 +8,7 @@ predict stage's chunk tasks (``unetflow.predict``) all compute probabilities wit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from pathlib import Path
@@ -61,29 +62,51 @@ def undihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return x.flip(-1) if flip else x
 
 
+_THREAD_TORCH = threading.local()
+
+
+def use_torch_threads(n: int) -> None:
+    """Run this thread's torch CPU work on ``n`` threads (0: leave it). torch's setting is the
+    calling thread's own (its OpenMP team); set once per thread, as setting it is not free."""
+    if n > 0 and getattr(_THREAD_TORCH, "threads", None) != n:
+        torch.set_num_threads(n)
+        _THREAD_TORCH.threads = n
+
+
 class TilePredictor:
     """Class probabilities for batches of input windows.
 
-    One instance per process and device is shared by all dask threads. Forwards are serialised
-    by a lock: the model then uses every core (or the whole GPU) for one batch while the other
-    threads read and write chunks, and peak activation memory is one batch's, not one per thread.
-    A caller with several batches holds the model for all of them (``reserved``), so the chunk
-    that started first finishes first and is written while the next one runs, rather than two
-    chunks taking turns batch by batch and both waiting to be written until both are done.
+    One instance per process and device is shared by all dask threads. On a GPU, forwards are
+    serialised by a lock: the model uses the whole device for one batch while the other threads
+    read and write chunks, and peak activation memory is one batch's. A caller with several
+    batches holds the model for all of them (``reserved``), so the chunk that started first
+    finishes first and is written while the next one runs.
+
+    On a CPU the calling threads run their forwards side by side, each on ``threads_per_call``
+    torch threads (0: the thread's setting), typically one core per chunk in flight. One forward
+    on all cores instead loses more than the other threads' reading and writing costs: its
+    OpenMP team waits at every barrier for a thread the OS gave to that work, and a 2-core bf16
+    forward ran 2.8x slower beside one busy thread (``benchmarks/predict.py``).
+
     The network runs in ``precision`` (autocast and memory layout); softmax and the returned
     probabilities are fp32.
     """
 
-    def __init__(self, model: UNet, device: torch.device, precision: Precision) -> None:
+    def __init__(
+        self, model: UNet, device: torch.device, precision: Precision, threads_per_call: int = 0, serialised: bool | None = None
+    ) -> None:
         self.model = precision.prepare_model(model.to(device)).eval()
         self.device = device
         self.precision = precision
         self.n_classes = int(model.config["n_classes"])
+        self.threads_per_call = threads_per_call
+        self.serialised = device.type != "cpu" if serialised is None else serialised
         self._lock = threading.RLock()
 
-    def reserved(self) -> threading.RLock:
-        """The model for this thread alone until the ``with`` block ends (calls inside it do not wait)."""
-        return self._lock
+    def reserved(self) -> contextlib.AbstractContextManager[Any]:
+        """The model for this thread alone until the ``with`` block ends, where forwards are
+        serialised (calls inside it do not wait); nothing to wait for where they run side by side."""
+        return self._lock if self.serialised else contextlib.nullcontext()
 
     def __call__(self, windows: np.ndarray, tta: bool = False) -> np.ndarray:
         """(N, C, s, s) float32 windows -> (N, n_classes, t, t) float32 probabilities.
@@ -92,7 +115,8 @@ class TilePredictor:
         on the pooling grid stays on it under these maps (valid input edges differ by multiples
         of the stride), so tiled TTA still equals whole-image TTA.
         """
-        with self._lock, torch.inference_mode():
+        with self.reserved(), torch.inference_mode():
+            use_torch_threads(self.threads_per_call)
             x = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device, non_blocking=True)
             if not tta:
                 probs = self._probabilities(x)
@@ -127,19 +151,18 @@ _PREDICTOR_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=2)
 def _load_predictor(
-    checkpoint: str, mtime_ns: int, device: str, torch_threads: int, precision: Precision
+    checkpoint: str, mtime_ns: int, device: str, threads_per_call: int, precision: Precision
 ) -> TilePredictor:
-    if torch_threads > 0:
-        torch.set_num_threads(torch_threads)
     model = model_from_checkpoint(_checkpoint_state(checkpoint, mtime_ns), device)
-    return TilePredictor(model, torch.device(device), precision)
+    return TilePredictor(model, torch.device(device), precision, threads_per_call)
 
 
-def shared_predictor(model_path: str, device: str, precision: Precision, torch_threads: int = 0) -> TilePredictor:
-    """The process-wide predictor of a checkpoint: loaded once per process (per dask worker)."""
+def shared_predictor(model_path: str, device: str, precision: Precision, threads_per_call: int = 0) -> TilePredictor:
+    """The process-wide predictor of a checkpoint: loaded once per process (per dask worker);
+    ``threads_per_call`` as ``TilePredictor``'s."""
     checkpoint = checkpoint_file(model_path)
     with _PREDICTOR_LOCK:
-        return _load_predictor(str(checkpoint), checkpoint.stat().st_mtime_ns, device, torch_threads, precision)
+        return _load_predictor(str(checkpoint), checkpoint.stat().st_mtime_ns, device, threads_per_call, precision)
 
 
 def load_trained_model(model_path: Path) -> tuple[UNet, Normalization, InstanceRule]:

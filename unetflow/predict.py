@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import torch
 import zarr
 
-from unetflow.chunk_cache import cache_capacity, release_shared_image, shared_image
+from unetflow.chunk_cache import cache_capacity, hold_decoded, release_shared_image, shared_image
 from unetflow.config import stage_settings
 from unetflow.devices import Precision, pick_device, resolve_precision
 from unetflow.inference import (
@@ -58,7 +59,7 @@ from unetflow.io.ome_zarr import (
     pyramid,
 )
 from unetflow.model import UNet
-from unetflow.normalize import NormalizedArray, Stats
+from unetflow.normalize import NormalizedArray, Stats, read_whole
 from unetflow.prediction_store import (
     chunks_done,
     finalise,
@@ -122,7 +123,7 @@ class ChunkJob:
     model_path: str
     device: str
     precision: Precision
-    torch_threads: int
+    forward_threads: int
     layout: TileLayout
     index: tuple[int, int]
     region: Box
@@ -135,7 +136,7 @@ class ChunkJob:
 
 def predict_chunk(job: ChunkJob) -> None:
     """Predict one output chunk, write its probabilities and argmax, then mark it done."""
-    predictor = shared_predictor(job.model_path, job.device, job.precision, job.torch_threads)
+    predictor = shared_predictor(job.model_path, job.device, job.precision, job.forward_threads)
     cached = shared_image(job.image_store, job.image_array, job.cached_chunks)
     image = NormalizedArray(cached, job.stats)  # whole-image statistics, never per tile
     probs = predict_region_at(predictor, image, job.layout, job.region, job.batch_size, job.tta, job.zoom)
@@ -180,7 +181,7 @@ def _chunk_jobs(
     options: PredictOptions,
     device: str,
     precision: Precision,
-    torch_threads: int,
+    forward_threads: int,
     zoom: float,
 ) -> list[ChunkJob]:
     """One job per output chunk of ``grid`` that has no completion marker yet in ``partial``.
@@ -196,7 +197,7 @@ def _chunk_jobs(
             model_path=str(model_path),
             device=device,
             precision=precision,
-            torch_threads=torch_threads,
+            forward_threads=forward_threads,
             layout=layout,
             index=index,
             region=box,
@@ -220,16 +221,16 @@ def _run_jobs(
     computed from, not for the whole level 0. The decoded-input cache is released afterwards,
     also on failure, as the next image (or a rerun) reads another array.
     """
-    predicted = {job.index: dask.delayed(predict_chunk, pure=False)(job) for job in jobs}
-    counted, relabelled = instance_labels(partial, predicted, rule)
-    downsampled = [
-        *pyramid(partial, PROBABILITIES, predicted),
-        *pyramid(partial, SEMANTIC, predicted),
-        *pyramid(partial, INSTANCES, relabelled),
-    ]
     try:
-        progress = functools.partial(chunks_done, partial, n_chunks)  # what a distributed run reports
         with remembering(partial):  # chunks written here are read back from memory (chunk_memo)
+            predicted = {job.index: dask.delayed(predict_chunk, pure=False)(job) for job in jobs}
+            counted, relabelled = instance_labels(partial, predicted, rule)
+            downsampled = [
+                *pyramid(partial, PROBABILITIES, predicted),
+                *pyramid(partial, SEMANTIC, predicted),
+                *pyramid(partial, INSTANCES, relabelled),
+            ]
+            progress = functools.partial(chunks_done, partial, n_chunks)  # what a distributed run reports
             n_objects, *_ = run([counted, *downsampled], f"predict {name}", progress, width=len(jobs))
     finally:
         release_shared_image()  # this image's decoded input chunks
@@ -314,10 +315,12 @@ def predict_image(
             export(out)
         return out
     ome_tiff_path(out).unlink(missing_ok=True)  # an export of an earlier prediction
-    stats = recipe.statistics(image)  # of the whole image or slide (streamed), before any chunk job
+    pixels = image[...] if read_whole(image.shape) else None  # decoded once, for statistics and chunks
+    source = image if pixels is None else pixels
+    stats = recipe.statistics(source)  # of the whole image or slide (streamed), before any chunk job
     partial = partial_path(out)
     _, height, width = image.shape
-    rescale = _rescale(model, model_path, NormalizedArray(image, stats), rule, options, precision)
+    rescale = _rescale(model, model_path, NormalizedArray(source, stats), rule, options, precision)
     zoom = rescale.zoom if rescale is not None else 1.0
     layout = zoomed_layout(model, options.tile, options.chunk, height, width, zoom)
     normalization = {**recipe.to_json(), **stats.to_json()}
@@ -327,17 +330,24 @@ def predict_image(
     attrs["rescale"] = None if rescale is None else rescale.to_json()
     open_or_resume_partial(partial, attrs, height, width, options)
     grid = ChunkGrid(height, width, options.chunk)
+    threads = torch.get_num_threads()  # this thread's; the chunk tasks' threads share them out
     with own_runner(options, runner) as run:
         device = run.prepare([image_store, partial, checkpoint_file(model_path)], options.device)
+        forward_threads = run.forward_threads(threads)
         jobs = _chunk_jobs(
             grid, image, image_store, partial, model_path, layout, stats, options, str(device), precision,
-            run.torch_threads, zoom,
+            forward_threads, zoom,
         )
         log.info(
-            "%s: %d of %d chunks to predict (tile %d, margin %d, zoom %g)",
-            name, len(jobs), len(grid), layout.tile, layout.margin, zoom,
+            "%s: %d of %d chunks to predict (tile %d, margin %d, zoom %g, %d torch thread(s) per forward)",
+            name, len(jobs), len(grid), layout.tile, layout.margin, zoom, forward_threads,
         )
-        n_objects = _run_jobs(run, partial, jobs, name, rule, len(grid))
+        if pixels is not None:
+            hold_decoded(str(image_store), image.path, pixels)  # released with the shared cache by _run_jobs
+        try:
+            n_objects = _run_jobs(run, partial, jobs, name, rule, len(grid))
+        finally:
+            torch.set_num_threads(threads)  # torch's default for new threads, which a task's share changed
     finalise(partial, out, n_objects)
     if export is not None:
         log.info("%s: writing %s", name, ome_tiff_path(out))

@@ -126,8 +126,7 @@ class DaskRunner:
 
     ``threads`` (default) uses dask's threaded scheduler with ``chunks_in_flight`` threads;
     ``distributed`` connects to ``address`` or starts a ``LocalCluster`` of ``n_workers``
-    processes with ``threads_per_worker`` threads each (torch in each worker uses that many
-    threads); ``slurm`` starts dask-jobqueue worker jobs from ``predict.slurm`` and scales them
+    processes with ``threads_per_worker`` threads each; ``slurm`` starts dask-jobqueue worker jobs from ``predict.slurm`` and scales them
     to the work of each computation. Use as a context manager so a started cluster is shut down.
     """
 
@@ -137,14 +136,14 @@ class DaskRunner:
         self._cluster: Any = None
         self._stack = contextlib.ExitStack()
 
-    @property
-    def torch_threads(self) -> int:
-        """torch threads a chunk task sets in its process (0 = leave the process's setting)."""
-        if self.options.scheduler == "slurm":
-            return self.options.slurm["cores"]
-        if self.options.scheduler == "distributed" and self.options.address is None:
-            return self.options.threads_per_worker
-        return 0
+    def forward_threads(self, local_threads: int) -> int:
+        """torch threads of each model forward a chunk task runs (``TilePredictor``: CPU forwards
+        of the chunks in flight run side by side). The threaded scheduler's ``chunks_in_flight``
+        threads share this process's ``local_threads``; a dask worker runs a task per thread, each
+        forward on one core of it."""
+        if self.options.scheduler == "threads":
+            return max(1, local_threads // self.options.chunks_in_flight)
+        return 1
 
     @property
     def remote(self) -> bool:

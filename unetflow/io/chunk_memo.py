@@ -50,7 +50,18 @@ class ChunkMemo:
         self._grids: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # path -> (shape, chunks)
         self._kept: dict[tuple[str, Box], np.ndarray] = {}  # results of ``keep``, apart from chunks
         self.kept_nbytes = 0
+        self._arrays: dict[str, zarr.Array] = {}  # path -> the array opened once for the run
         self._lock = threading.Lock()
+
+    def array(self, root: str, path: str) -> zarr.Array:
+        """Array ``path`` of the store at ``root``, opened (metadata read and parsed) once."""
+        with self._lock:
+            found = self._arrays.get(path)
+        if found is None:
+            found = zarr.open_array(store=root, path=path, mode="r+")
+            with self._lock:
+                found = self._arrays.setdefault(path, found)
+        return found
 
     def put(self, path: str, array: zarr.Array, region: Box, data: np.ndarray) -> None:
         """Keep ``data``, just written to ``region`` of ``array`` (only whole stored chunks are kept)."""
@@ -150,13 +161,21 @@ def _memo(root: str) -> ChunkMemo | None:
         return _ACTIVE.get(root)
 
 
+def open_array(root: str, path: str) -> zarr.Array:
+    """Array ``path`` of the store at ``root``, to read and write: while ``remembering(root)``
+    opened once for the run (opening reads and parses its metadata, about a millisecond, and a
+    chunk's tasks would open arrays a dozen times)."""
+    memo = _memo(root)
+    return memo.array(root, path) if memo is not None else zarr.open_array(store=root, path=path, mode="r+")
+
+
 def write_chunk(root: str, path: str, region: Box, data: np.ndarray) -> None:
     """Write ``data`` (all leading axes) to ``region`` of array ``path`` of the store at ``root``,
     cast to the array's dtype, and keep it while ``remembering(root)``.
 
     ``data`` must not be changed afterwards when the array has its dtype (it is kept, not copied).
     """
-    array = zarr.open_array(store=root, path=path, mode="r+")
+    array = open_array(root, path)
     data = np.asarray(data).astype(array.dtype, copy=False)
     memo = _memo(root)
     if memo is not None:
@@ -186,7 +205,7 @@ def read_region(root: str, path: str, region: Box) -> np.ndarray:
     """``array[..., region]`` of array ``path`` of the store at ``root``: from the memo when
     every chunk under ``region`` is kept there (a read-only array then), else from the store."""
     memo = _memo(root)
-    kept = memo.get(path, region) if memo is not None else None
-    if kept is not None:
-        return kept
-    return zarr.open_array(store=root, path=path, mode="r")[(..., *region.slices)]
+    if memo is None:
+        return zarr.open_array(store=root, path=path, mode="r")[(..., *region.slices)]
+    kept = memo.get(path, region)
+    return kept if kept is not None else memo.array(root, path)[(..., *region.slices)]

@@ -24,8 +24,8 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
 from unetflow.instances import CONNECTIVITY, InstanceRule, grow_seeds, kept_ids
-from unetflow.io.chunk_memo import keep, read_region, take, write_chunk
-from unetflow.io.ome_zarr import INSTANCES, PROBABILITIES, SEEDS, SEMANTIC, level_path, open_level
+from unetflow.io.chunk_memo import keep, open_array, read_region, take, write_chunk
+from unetflow.io.ome_zarr import INSTANCES, PROBABILITIES, SEEDS, SEMANTIC, level_path
 from unetflow.tiling import Box, ChunkGrid
 
 LOCAL_LABELS = "local labels"  # what label_chunk keeps for relabel_chunk (not an array path)
@@ -97,7 +97,7 @@ def grow_chunk(root: str, region: Box, rule: InstanceRule) -> None:
     Reads seeds and probabilities as far around the chunk as ``grow_seeds`` looks, so chunk
     borders leave no trace.
     """
-    seeds = open_level(root, SEEDS)
+    seeds = open_array(root, SEEDS)
     halo = rule.grow + 3 * rule.expand  # growth, then the gap test's window (2 expand) and the claim (expand)
     window = Box(region.y0 - halo, region.x0 - halo, region.height + 2 * halo, region.width + 2 * halo)
     window = window.intersection(Box(0, 0, *seeds.shape))
@@ -195,7 +195,7 @@ def instance_labels(
     the ids on chunk borders (and, with ``min_size``, one int per object).
     """
     root = str(root)
-    semantic = open_level(root, level_path(SEMANTIC, 0))
+    semantic = open_array(root, level_path(SEMANTIC, 0))
     grid = ChunkGrid(*semantic.shape, semantic.chunks[-1])
     labelled = []
     for index, box in grid:

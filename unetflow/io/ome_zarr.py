@@ -34,7 +34,7 @@ from dask.delayed import Delayed
 from dask.graph_manipulation import bind
 from zarr.codecs import BloscCodec
 
-from unetflow.io.chunk_memo import read_region, write_chunk
+from unetflow.io.chunk_memo import open_array, read_region, write_chunk
 from unetflow.io.pixel_size import PixelSize, multiscale_pixel_size
 from unetflow.store import ATTRS_KEY, StoreError, checked_codecs, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
@@ -208,11 +208,6 @@ def create_prediction(
     return root
 
 
-def open_level(root: str, path: str, mode: str = "r") -> zarr.Array:
-    """An array of a prediction store by its path (``level_path``), as the chunk tasks open it."""
-    return zarr.open_array(store=root, path=path, mode=mode)
-
-
 # -- pyramids ------------------------------------------------------------------------------------
 def downsample(block: np.ndarray, mode: str) -> np.ndarray:
     """2x downsampling of the last two axes; odd edges round up.
@@ -234,7 +229,7 @@ def downsample(block: np.ndarray, mode: str) -> np.ndarray:
 def downsample_chunk(root: str, multiscale: str, level: int, region: Box) -> None:
     """Write ``region`` of pyramid ``level`` from the 2x larger region of ``level - 1``."""
     source = level_path(multiscale, level - 1)
-    src_h, src_w = open_level(root, source).shape[-2:]
+    src_h, src_w = open_array(root, source).shape[-2:]
     y0, x0 = 2 * region.y0, 2 * region.x0
     block = read_region(root, source, Box(y0, x0, min(2 * region.height, src_h - y0), min(2 * region.width, src_w - x0)))
     write_chunk(root, level_path(multiscale, level), region, downsample(block, DOWNSAMPLING[multiscale]))
@@ -248,7 +243,7 @@ def pyramid(root: str | Path, multiscale: str, after: Mapping[tuple[int, int], D
     those, so downsampling runs while other chunks are still being predicted.
     """
     root = str(root)
-    semantic = open_level(root, level_path(SEMANTIC, 0))
+    semantic = open_array(root, level_path(SEMANTIC, 0))
     levels = len(zarr.open_group(root, mode="r").attrs["ome"]["multiscales"][0]["datasets"])
     grids = level_grids(*semantic.shape, semantic.chunks[-1], levels)
     above: Mapping[tuple[int, int], Delayed] = after
