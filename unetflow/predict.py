@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from unetflow.io.ome_zarr import (
     ome_tiff_path,
     pyramid,
 )
+from unetflow.io.pixel_size import PixelSize
 from unetflow.model import UNet
 from unetflow.normalize import NormalizedArray, Stats, read_whole
 from unetflow.prediction_store import (
@@ -65,14 +67,16 @@ from unetflow.prediction_store import (
     finalise,
     fingerprint,
     is_complete,
+    PartialLayout,
     marker,
-    open_or_resume_partial,
+    open_partial,
     partial_path,
     prediction_attrs,
+    start_partial,
 )
 from unetflow.rescale import ZOOM_RANGE, ZoomEstimate, estimate_zoom, native_cache_layout, sample_regions
 from unetflow.scheduling import DaskRunner, own_runner
-from unetflow.store import IMAGES, open_store, split_names, store_meta
+from unetflow.store import IMAGES, image_pixel_size, open_store, split_names, store_meta
 from unetflow.tiling import Box, ChunkGrid, TileLayout
 
 log = logging.getLogger(__name__)
@@ -315,20 +319,27 @@ def predict_image(
             export(out)
         return out
     ome_tiff_path(out).unlink(missing_ok=True)  # an export of an earlier prediction
-    pixels = image[...] if read_whole(image.shape) else None  # decoded once, for statistics and chunks
-    source = image if pixels is None else pixels
-    stats = recipe.statistics(source)  # of the whole image or slide (streamed), before any chunk job
     partial = partial_path(out)
     _, height, width = image.shape
-    rescale = _rescale(model, model_path, NormalizedArray(source, stats), rule, options, precision)
+    pixel_size = image_pixel_size(open_store(image_store), name)
+    arrays = PartialLayout(
+        model.config["n_classes"], height, width, rule.grow + rule.expand > 0, PixelSize.from_json(pixel_size)
+    )
+    with ThreadPoolExecutor(1) as creator:  # the output's arrays are made while the statistics are computed
+        started = creator.submit(start_partial, partial, identity, arrays, options)
+        pixels = image[...] if read_whole(image.shape) else None  # decoded once, for statistics and chunks
+        source = image if pixels is None else pixels
+        stats = recipe.statistics(source)  # of the whole image or slide (streamed), before any chunk job
+        rescale = _rescale(model, model_path, NormalizedArray(source, stats), rule, options, precision)
+        resumed = started.result()
     zoom = rescale.zoom if rescale is not None else 1.0
     layout = zoomed_layout(model, options.tile, options.chunk, height, width, zoom)
     normalization = {**recipe.to_json(), **stats.to_json()}
     attrs = prediction_attrs(
-        model, model_path, image_store, name, layout, options, normalization, precision, identity, rule
+        model, model_path, image_store, name, layout, options, normalization, precision, identity, rule, pixel_size
     )
     attrs["rescale"] = None if rescale is None else rescale.to_json()
-    open_or_resume_partial(partial, attrs, height, width, options)
+    open_partial(partial, attrs, resumed)
     grid = ChunkGrid(height, width, options.chunk)
     threads = torch.get_num_threads()  # this thread's; the chunk tasks' threads share them out
     with own_runner(options, runner) as run:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from unetflow.instances import CONNECTIVITY, InstanceRule
 from unetflow.io.ome_zarr import SEEDS, create_prediction, open_ome_image
 from unetflow.io.pixel_size import PixelSize
 from unetflow.model import UNet
-from unetflow.store import ATTRS_KEY, file_digest, image_pixel_size, open_store, store_meta
+from unetflow.store import ATTRS_KEY, file_digest, store_meta
 from unetflow.tiling import TileLayout
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ def prediction_attrs(
     precision: Precision,
     fingerprint_: str,
     rule: InstanceRule,
+    pixel_size: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The unetflow attributes of a new prediction: provenance, geometry and the resume fingerprint.
 
@@ -120,7 +122,7 @@ def prediction_attrs(
         "precision": precision.name,
         "connectivity": int(CONNECTIVITY.sum() - 1),
         "instances": instances_attrs(rule),
-        "pixel_size": image_pixel_size(open_store(image_store), name),  # the input's, in the NGFF scales too
+        "pixel_size": pixel_size,  # the input's (``PixelSize.to_json``), in the NGFF scales too
         "fingerprint": fingerprint_,
         "complete": False,
     }
@@ -136,32 +138,53 @@ def _resumable(partial: Path, fingerprint_: str) -> bool:
         return False
 
 
-def open_or_resume_partial(
-    partial: Path, attrs: dict[str, Any], height: int, width: int, options: PredictOptions
-) -> None:
-    """Keep ``partial`` when it resumes this very prediction, else start it empty with ``attrs``.
+@dataclass(frozen=True)
+class PartialLayout:
+    """What the arrays of a new partial prediction are made of (``create_prediction``)."""
+
+    n_classes: int
+    height: int
+    width: int
+    seeds: bool
+    pixel_size: PixelSize | None
+
+
+def start_partial(partial: Path, fingerprint_: str, layout: PartialLayout, options: PredictOptions) -> bool:
+    """Keep ``partial`` when it resumes this very prediction (True), else create it empty (False):
+    its arrays and NGFF metadata, but no unetflow attributes and no marker folder yet, so until
+    ``open_partial`` it counts as torn. Needs nothing the image's statistics decide, so
+    ``predict_image`` runs it while they are computed.
 
     Anything else at that path (another model, image or settings, or a store torn during its
-    creation) is deleted, so chunks of different predictions are never mixed. The marker folder
-    is made last: its presence is what ``_resumable`` takes for a fully created store.
+    creation) is deleted, so chunks of different predictions are never mixed.
     """
-    if _resumable(partial, attrs["fingerprint"]):  # same probabilities; objects maybe by other tuned values
-        root = zarr.open_group(str(partial), mode="r+")
-        root.attrs[ATTRS_KEY] = {**root.attrs[ATTRS_KEY], "instances": attrs["instances"]}
-        return
+    if _resumable(partial, fingerprint_):
+        return True
     shutil.rmtree(partial, ignore_errors=True)
     create_prediction(
         partial,
-        n_classes=attrs["n_classes"],
-        height=height,
-        width=width,
+        n_classes=layout.n_classes,
+        height=layout.height,
+        width=layout.width,
         chunk=options.chunk,
         levels=options.pyramid_levels,
         dtype=options.dtype,
-        attrs=attrs,
-        seeds=attrs["instances"]["grow"] + attrs["instances"]["expand"] > 0,
-        pixel_size=PixelSize.from_json(attrs["pixel_size"]),
+        attrs={},
+        seeds=layout.seeds,
+        pixel_size=layout.pixel_size,
     )
+    return False
+
+
+def open_partial(partial: Path, attrs: dict[str, Any], resumed: bool) -> None:
+    """Finish ``start_partial``: a new store gets ``attrs`` and then the marker folder, whose
+    presence is what ``_resumable`` takes for a fully created store; a resumed one keeps its
+    attributes but for the objects' rule (same probabilities, objects maybe by other tuned values)."""
+    root = zarr.open_group(str(partial), mode="r+")
+    if resumed:
+        root.attrs[ATTRS_KEY] = {**root.attrs[ATTRS_KEY], "instances": attrs["instances"]}
+        return
+    root.attrs[ATTRS_KEY] = attrs
     (partial / DONE_DIR).mkdir()
 
 

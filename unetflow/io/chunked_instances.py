@@ -19,12 +19,12 @@ from pathlib import Path
 import dask
 import numpy as np
 from dask.delayed import Delayed
-from dask.graph_manipulation import bind
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
 from unetflow.instances import CONNECTIVITY, InstanceRule, grow_seeds, kept_ids
 from unetflow.io.chunk_memo import keep, open_array, read_region, take, write_chunk
+from unetflow.io.task_order import task_after
 from unetflow.io.ome_zarr import INSTANCES, PROBABILITIES, SEEDS, SEMANTIC, level_path
 from unetflow.tiling import Box, ChunkGrid
 
@@ -197,10 +197,7 @@ def instance_labels(
     root = str(root)
     semantic = open_array(root, level_path(SEMANTIC, 0))
     grid = ChunkGrid(*semantic.shape, semantic.chunks[-1])
-    labelled = []
-    for index, box in grid:
-        task = dask.delayed(label_chunk, pure=False)(root, box, rule)
-        labelled.append(bind(task, after[index]) if index in after else task)
+    labelled = [task_after(label_chunk, root, box, rule, after=[after[index]] if index in after else []) for index, box in grid]
     relabels, n_objects = dask.delayed(merge_chunk_labels, nout=2, pure=False)(grid, labelled)
     target = SEEDS if rule.grow or rule.expand else level_path(INSTANCES, 0)
     written = {
@@ -209,11 +206,9 @@ def instance_labels(
     }
     if target == SEEDS:
         seeds = list(written.values())
-        written = {
-            index: bind(dask.delayed(grow_chunk, pure=False)(root, box, rule), seeds) for index, box in grid
-        }
+        written = {index: task_after(grow_chunk, root, box, rule, after=seeds) for index, box in grid}
     if rule.min_size > 0:
-        sizes = [bind(dask.delayed(object_sizes_in_chunk, pure=False)(root, box), written[index]) for index, box in grid]
+        sizes = [task_after(object_sizes_in_chunk, root, box, after=[written[index]]) for index, box in grid]
         lookup, n_objects = dask.delayed(size_filter, nout=2, pure=False)(n_objects, sizes, rule.min_size)
         written = {index: dask.delayed(filter_chunk, pure=False)(root, box, lookup) for index, box in grid}
-    return bind(n_objects, list(written.values())), written
+    return task_after(int, n_objects, after=written.values()), written

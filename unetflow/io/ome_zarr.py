@@ -27,15 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import zarr
 from dask.delayed import Delayed
-from dask.graph_manipulation import bind
 from zarr.codecs import BloscCodec
 
 from unetflow.io.chunk_memo import open_array, read_region, write_chunk
 from unetflow.io.pixel_size import PixelSize, multiscale_pixel_size
+from unetflow.io.task_order import task_after
 from unetflow.store import ATTRS_KEY, StoreError, checked_codecs, open_group_readonly
 from unetflow.tiling import Box, ChunkGrid
 
@@ -251,10 +250,9 @@ def pyramid(root: str | Path, multiscale: str, after: Mapping[tuple[int, int], D
     for level in range(1, len(grids)):
         current = {}
         for (iy, ix), box in grids[level]:
-            task = dask.delayed(downsample_chunk, pure=False)(root, multiscale, level, box)
             covered = [(2 * iy + dy, 2 * ix + dx) for dy in (0, 1) for dx in (0, 1)]
             parents = [above[index] for index in covered if index in above]
-            current[(iy, ix)] = bind(task, parents) if parents else task
+            current[(iy, ix)] = task_after(downsample_chunk, root, multiscale, level, box, after=parents)
         tasks.extend(current.values())
         above = current
     return tasks
