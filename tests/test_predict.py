@@ -30,11 +30,13 @@ from unetflow.io.errors import InputError
 from unetflow.io.chunked_instances import instance_labels
 from unetflow.io.ome_zarr import (
     INSTANCES,
+    PROBABILITIES,
     SEMANTIC,
     create_prediction,
     downsample,
     level_path,
     open_ome_image,
+    pyramid,
 )
 from unetflow.model import UNet, save_checkpoint
 from unetflow.instances import InstanceRule, grow_seeds
@@ -554,6 +556,24 @@ def test_cached_chunks_reads_equal_plain_reads_and_stay_bounded(tmp_path: Path) 
     for y0, x0, h, w in [(-10, -10, 100, 80), (250, 200, 80, 90), (0, 0, 300, 257), (17, 33, 5, 5), (-50, 100, 400, 20)]:
         np.testing.assert_array_equal(read_window(cached, y0, x0, h, w), read_window(image, y0, x0, h, w))
         assert len(cached._decoded) <= 5
+
+
+@pytest.mark.parametrize("chunk", [64, 65])
+def test_pyramid_levels_equal_downsampling_the_whole_level_below(tmp_path: Path, chunk: int) -> None:
+    """Even chunks are downsampled one by one (no block assembled), odd ones as one block (2x2
+    cells would straddle them): both give what downsampling the whole level gives."""
+    path = tmp_path / "p.ome.zarr"
+    root = create_prediction(path, n_classes=2, height=150, width=133, chunk=chunk, levels=3, dtype="float32", attrs={})
+    rng = np.random.default_rng(0)
+    probs = rng.random((2, 150, 133)).astype(np.float32)
+    semantic = rng.integers(0, 3, (150, 133)).astype(np.uint8)
+    root[level_path(PROBABILITIES, 0)][...] = probs
+    root[level_path(SEMANTIC, 0)][...] = semantic
+    dask.compute(*pyramid(path, PROBABILITIES, {}), *pyramid(path, SEMANTIC, {}), scheduler="sync")
+    level1 = downsample(probs, "mean")
+    np.testing.assert_allclose(root[level_path(PROBABILITIES, 1)][...], level1, atol=1e-6)
+    np.testing.assert_allclose(root[level_path(PROBABILITIES, 2)][...], downsample(level1, "mean"), atol=1e-6)
+    np.testing.assert_array_equal(root[level_path(SEMANTIC, 2)][...], semantic[::4, ::4])
 
 
 def test_downsample_mean_averages_the_pixels_of_odd_edges() -> None:

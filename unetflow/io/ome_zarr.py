@@ -36,7 +36,7 @@ from unetflow.io.chunk_memo import open_array, read_region, write_chunk
 from unetflow.io.pixel_size import PixelSize, multiscale_pixel_size
 from unetflow.io.task_order import task_after
 from unetflow.store import ATTRS_KEY, StoreError, checked_codecs, open_group_readonly
-from unetflow.tiling import Box, ChunkGrid
+from unetflow.tiling import Box, ChunkGrid, assemble, chunks_under
 
 NGFF_VERSION = "0.5"
 LABELS = "labels"
@@ -226,12 +226,27 @@ def downsample(block: np.ndarray, mode: str) -> np.ndarray:
 
 
 def downsample_chunk(root: str, multiscale: str, level: int, region: Box) -> None:
-    """Write ``region`` of pyramid ``level`` from the 2x larger region of ``level - 1``."""
+    """Write ``region`` of pyramid ``level`` from the 2x larger region of ``level - 1``.
+
+    With even source chunks each one is downsampled on its own into its part of the region
+    (``downsample``'s cells never straddle them), so the source block is never assembled: a
+    copy of four chunks saved, the largest part of a probability chunk's pyramid work.
+    """
     source = level_path(multiscale, level - 1)
-    src_h, src_w = open_array(root, source).shape[-2:]
+    array = open_array(root, source)
+    src_h, src_w = array.shape[-2:]
     y0, x0 = 2 * region.y0, 2 * region.x0
-    block = read_region(root, source, Box(y0, x0, min(2 * region.height, src_h - y0), min(2 * region.width, src_w - x0)))
-    write_chunk(root, level_path(multiscale, level), region, downsample(block, DOWNSAMPLING[multiscale]))
+    block = Box(y0, x0, min(2 * region.height, src_h - y0), min(2 * region.width, src_w - x0))
+    mode = DOWNSAMPLING[multiscale]
+    if any(edge % 2 for edge in array.chunks[-2:]):
+        halved = downsample(read_region(root, source, block), mode)
+    else:
+        parts = [
+            (Box(box.y0 // 2, box.x0 // 2, -(-box.height // 2), -(-box.width // 2)), downsample(read_region(root, source, box), mode))
+            for box in chunks_under(block, array.shape, array.chunks)
+        ]
+        halved = assemble(region, parts)
+    write_chunk(root, level_path(multiscale, level), region, halved)
 
 
 def pyramid(root: str | Path, multiscale: str, after: Mapping[tuple[int, int], Delayed]) -> list[Delayed]:
