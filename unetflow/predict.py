@@ -327,10 +327,15 @@ def predict_image(
     )
     with ThreadPoolExecutor(1) as creator:  # the output's arrays are made while the statistics are computed
         started = creator.submit(start_partial, partial, identity, arrays, options)
-        pixels = image[...] if read_whole(image.shape) else None  # decoded once, for statistics and chunks
-        source = image if pixels is None else pixels
-        stats = recipe.statistics(source)  # of the whole image or slide (streamed), before any chunk job
-        rescale = _rescale(model, model_path, NormalizedArray(source, stats), rule, options, precision)
+        try:
+            pixels = image[...] if read_whole(image.shape) else None  # decoded once, for statistics and chunks
+            source = image if pixels is None else pixels
+            stats = recipe.statistics(source)  # of the whole image or slide (streamed), before any chunk job
+            rescale = _rescale(model, model_path, NormalizedArray(source, stats), rule, options, precision)
+        except BaseException:  # e.g. a diameter the model cannot be zoomed to: leave nothing behind
+            if not started.result():  # made by this run, empty
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
         resumed = started.result()
     zoom = rescale.zoom if rescale is not None else 1.0
     layout = zoomed_layout(model, options.tile, options.chunk, height, width, zoom)
