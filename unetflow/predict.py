@@ -63,11 +63,11 @@ from unetflow.io.pixel_size import PixelSize
 from unetflow.model import UNet
 from unetflow.normalize import NormalizedArray, Stats, read_whole
 from unetflow.prediction_store import (
+    PartialLayout,
     chunks_done,
     finalise,
     fingerprint,
     is_complete,
-    PartialLayout,
     marker,
     open_partial,
     partial_path,
