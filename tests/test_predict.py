@@ -21,6 +21,7 @@ import zarr
 from scipy import ndimage
 
 import unetflow
+import unetflow.inference as inference_module
 import unetflow.normalize as normalize_module
 import unetflow.predict as predict_module
 from unetflow.commands import predict as predict_command
@@ -294,6 +295,22 @@ def test_the_checkpoint_is_read_once_per_prediction(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
     _predict(tmp_path, tmp_path / "m.pt", store)
     assert [Path(p) for p in reads] == [tmp_path / "m.pt"]
+
+
+def test_a_folder_of_images_builds_the_model_once_for_its_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building a U-Net costs as much as a small image's forward: predict checks the model of
+    every image from one CPU copy, and the chunk tasks build their predictor once."""
+    _model(tmp_path / "m.pt")
+    store = write_dataset(tmp_path / "d.zarr", {n: _image(40, 40, seed=i) for i, n in enumerate("abc")}, chunk=64)
+    built = []
+    real = inference_module.model_from_checkpoint
+    monkeypatch.setattr(inference_module, "model_from_checkpoint", lambda *a, **k: built.append(a[1:]) or real(*a, **k))
+    inference_module._cpu_model.cache_clear()
+    inference_module._load_predictor.cache_clear()
+    options = PredictOptions.from_settings({"device": "cpu", "chunk": 64, "precision": "fp32"})
+    predict_module.predict_store(tmp_path / "m.pt", store, tmp_path / "out", "all", options)
+    assert sorted(map(tuple, built)) == [("cpu",), ("cpu",)]  # the checks' copy and the predictor's
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.ome.zarr", "b.ome.zarr", "c.ome.zarr"]
 
 
 def test_float16_output(tmp_path: Path) -> None:

@@ -146,6 +146,14 @@ def _checkpoint_state(checkpoint: str, mtime_ns: int) -> dict[str, Any]:
     return load_checkpoint(checkpoint, "cpu")
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_model(checkpoint: str, mtime_ns: int) -> UNet:
+    """The model of a checkpoint on the CPU, built once per process while the file is unchanged:
+    predict checks it for every image of a folder (building a U-Net costs ~25 ms, as much as a
+    small image's forward). Shared: callers must not change it."""
+    return model_from_checkpoint(_checkpoint_state(checkpoint, mtime_ns), "cpu")
+
+
 _PREDICTOR_LOCK = threading.Lock()
 
 
@@ -174,7 +182,7 @@ def load_trained_model(model_path: Path) -> tuple[UNet, Normalization, InstanceR
         raise InputError(model_path, "no model checkpoint", f"a model directory with {BEST} or a .pt file")
     try:
         state = _checkpoint_state(str(checkpoint), checkpoint.stat().st_mtime_ns)
-        model = model_from_checkpoint(state, "cpu")
+        model = _cpu_model(str(checkpoint), checkpoint.stat().st_mtime_ns)
     except Exception as exc:  # torch.load raises many types for a torn, foreign or mismatched file
         raise InputError(checkpoint, f"cannot load the model ({exc})", "a checkpoint written by unetflow") from exc
     if "normalization" not in state:
