@@ -86,7 +86,8 @@ class TilePredictor:
     torch threads (0: the thread's setting), typically one core per chunk in flight. One forward
     on all cores instead loses more than the other threads' reading and writing costs: its
     OpenMP team waits at every barrier for a thread the OS gave to that work, and a 2-core bf16
-    forward ran 2.8x slower beside one busy thread (``benchmarks/predict.py``).
+    forward ran 2.8x slower beside one busy numpy thread. Side by side, bf16 prediction keeps
+    0.84-0.99 of the bare forward's speed (``benchmarks/predict.py``), 0.64-0.66 before.
 
     The network runs in ``precision`` (autocast and memory layout); softmax and the returned
     probabilities are fp32.
