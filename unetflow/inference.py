@@ -182,8 +182,9 @@ def load_trained_model(model_path: Path) -> tuple[UNet, Normalization, InstanceR
     if not checkpoint.is_file():
         raise InputError(model_path, "no model checkpoint", f"a model directory with {BEST} or a .pt file")
     try:
-        state = _checkpoint_state(str(checkpoint), checkpoint.stat().st_mtime_ns)
-        model = _cpu_model(str(checkpoint), checkpoint.stat().st_mtime_ns)
+        written = checkpoint.stat().st_mtime_ns
+        state = _checkpoint_state(str(checkpoint), written)
+        model = _cpu_model(str(checkpoint), written)
     except Exception as exc:  # torch.load raises many types for a torn, foreign or mismatched file
         raise InputError(checkpoint, f"cannot load the model ({exc})", "a checkpoint written by unetflow") from exc
     if "normalization" not in state:

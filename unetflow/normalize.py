@@ -20,7 +20,7 @@ prediction alike, through ``apply`` / ``NormalizedArray``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -186,16 +186,30 @@ def channel_percentiles(values: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
     (``order_statistics``): 3-6x faster than numpy's partition of a float64 copy, which was the
     largest part of a prediction's start on an image of a few megapixels."""
     flat = np.ravel(values)
-    n = flat.size
-    ranks = [percent / 100 * (n - 1) for percent in q]  # numpy's virtual indices
-    needed = sorted({min(int(np.floor(rank)) + step, n - 1) for rank in ranks for step in (0, 1)})
+    ranks = _percentile_ranks(flat.size, q)
+    needed = sorted({rank for lower, upper, _ in ranks for rank in (lower, upper)})
     found = dict(zip(needed, order_statistics(flat, needed)))
-    out = []
-    for rank in ranks:
-        k = int(np.floor(rank))
-        a = found[min(k, n - 1)]
-        out.append(a if k + 1 >= n else _lerp(a, found[k + 1], rank - k))
-    return np.array(out, dtype=np.float64)
+    return _interpolate(ranks, found.__getitem__)
+
+
+def _percentile_ranks(n: int, q: tuple[float, ...]) -> list[tuple[int, int, float]]:
+    """For each of numpy's "linear" percentiles ``q`` of ``n`` values: the ranks of the two order
+    statistics it interpolates (equal at the top) and the weight of the upper one."""
+    ranks = []
+    for percent in q:
+        virtual = percent / 100 * (n - 1)  # numpy's virtual index
+        lower = int(np.floor(virtual))
+        ranks.append((lower, min(lower + 1, n - 1), virtual - lower))
+    return ranks
+
+
+def _interpolate(ranks: list[tuple[int, int, float]], order_statistic: Callable[[int], float]) -> np.ndarray:
+    """The percentiles of ``_percentile_ranks`` from ``order_statistic(k)``, the k-th smallest value."""
+    return np.array(
+        [order_statistic(lower) if upper == lower else _lerp(order_statistic(lower), order_statistic(upper), t)
+         for lower, upper, t in ranks],
+        dtype=np.float64,
+    )
 
 
 ORDER_BINS = 4096
@@ -295,6 +309,7 @@ def streamed_percentiles(image: Any, q: tuple[float, ...], chunk: int = STREAM_C
         *[da.histogram(arr[c], bins=b, range=(e, e + b * w))[0] for c, (_, b, e, w) in enumerate(plans)]
     )
     out = np.empty((len(q), channels), dtype=np.float64)
+    ranks = _percentile_ranks(n, q)
     for c, ((exact, _, edge, width_), hist) in enumerate(zip(plans, counts)):
         cumulative = np.cumsum(hist)
 
@@ -305,9 +320,5 @@ def streamed_percentiles(image: Any, q: tuple[float, ...], chunk: int = STREAM_C
             before = cumulative[i - 1] if i else 0
             return float(edge + width_ * (i + (k - before + 0.5) / hist[i]))
 
-        for j, percent in enumerate(q):
-            rank = percent / 100 * (n - 1)
-            k = int(np.floor(rank))
-            a = order_statistic(k)
-            out[j, c] = a if k + 1 >= n else _lerp(a, order_statistic(k + 1), rank - k)
+        out[:, c] = _interpolate(ranks, order_statistic)
     return out

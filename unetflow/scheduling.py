@@ -126,8 +126,9 @@ class DaskRunner:
 
     ``threads`` (default) uses dask's threaded scheduler with ``chunks_in_flight`` threads;
     ``distributed`` connects to ``address`` or starts a ``LocalCluster`` of ``n_workers``
-    processes with ``threads_per_worker`` threads each; ``slurm`` starts dask-jobqueue worker jobs from ``predict.slurm`` and scales them
-    to the work of each computation. Use as a context manager so a started cluster is shut down.
+    processes with ``threads_per_worker`` threads each; ``slurm`` starts dask-jobqueue worker jobs
+    from ``predict.slurm`` and scales them to the work of each computation. Use as a context
+    manager so a started cluster is shut down.
     """
 
     def __init__(self, options: PredictOptions) -> None:

@@ -24,8 +24,8 @@ from scipy.sparse.csgraph import connected_components
 
 from unetflow.instances import CONNECTIVITY, InstanceRule, grow_seeds, kept_ids
 from unetflow.io.chunk_memo import keep, open_array, read_region, take, write_chunk
-from unetflow.io.task_order import task_after
 from unetflow.io.ome_zarr import INSTANCES, PROBABILITIES, SEEDS, SEMANTIC, level_path
+from unetflow.io.task_order import task_after
 from unetflow.tiling import Box, ChunkGrid
 
 LOCAL_LABELS = "local labels"  # what label_chunk keeps for relabel_chunk (not an array path)
